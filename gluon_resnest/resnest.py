@@ -1,0 +1,337 @@
+"""The ResNeSt network, the table of its variants, and the one builder.
+
+A variant is a row of :data:`VARIANTS`; :func:`build` turns a row (plus keyword overrides)
+into a :class:`ResNeSt`. Every variant uses the deep stem, ResNet-D average-pool shortcuts
+and avd (average downsampling inside the bottleneck).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import mxnet as mx
+from mxnet import autograd
+from mxnet.gluon import nn
+from mxnet.gluon.nn import HybridBlock
+
+from .blocks import Bottleneck, DropBlock, graph_generation, make_shortcut, make_stem
+
+__all__ = ["VariantSpec", "VARIANTS", "ALIASES", "ResNeSt", "StageFeatures", "build",
+           "resolve_name", "variant_names"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One ResNeSt variant: architecture plus its default data config (timm's default_cfg)."""
+
+    layers: Tuple[int, int, int, int]
+    radix: int = 2
+    cardinality: int = 1
+    bottleneck_width: int = 64
+    stem_width: int = 32
+    avd_first: bool = False           # True: the paper's "-fast" placement (avd before the 3x3)
+    dropblock_prob: float = 0.1       # stages 3 and 4, as GluonCV's defaults
+    final_drop: float = 0.0
+    input_size: int = 224             # train and test resolution of the published models
+    crop_pct: float = 0.875           # test: resize to input_size / crop_pct, centre crop
+    interpolation: str = "bilinear"
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    paper: Optional[str] = None       # the row of the paper's Table 3, if any
+    notes: str = field(default="", compare=False)
+
+    @property
+    def default_cfg(self) -> Dict[str, Any]:
+        return {"input_size": (3, self.input_size, self.input_size), "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation, "mean": self.mean, "std": self.std}
+
+
+def _fast(radix: int, cardinality: int, width: int, layers=(3, 4, 6, 3), **kw) -> VariantSpec:
+    return VariantSpec(layers, radix, cardinality, width, avd_first=True,
+                       interpolation="bicubic", **kw)
+
+
+#: Every ResNeSt variant. Sizes 320/416 use crop size/(size+32) and bicubic, as the
+#: official evaluation does.
+VARIANTS: Dict[str, VariantSpec] = {
+    "resnest14": VariantSpec((1, 1, 1, 1), dropblock_prob=0.0),
+    "resnest26": VariantSpec((2, 2, 2, 2)),
+    "resnest50": VariantSpec((3, 4, 6, 3), paper="ResNeSt-50"),
+    "resnest101": VariantSpec((3, 4, 23, 3), stem_width=64, input_size=256,
+                              paper="ResNeSt-101"),
+    "resnest200": VariantSpec((3, 24, 36, 3), stem_width=64, final_drop=0.2, input_size=320,
+                              crop_pct=320 / 352, interpolation="bicubic"),
+    "resnest269": VariantSpec((3, 30, 48, 8), stem_width=64, final_drop=0.2, input_size=416,
+                              crop_pct=416 / 448, interpolation="bicubic"),
+    "resnest50_fast_1s1x64d": _fast(1, 1, 64),
+    "resnest50_fast_2s1x64d": _fast(2, 1, 64, paper="ResNeSt-50-fast"),
+    "resnest50_fast_4s1x64d": _fast(4, 1, 64),
+    "resnest50_fast_1s2x40d": _fast(1, 2, 40),
+    "resnest50_fast_2s2x40d": _fast(2, 2, 40),
+    "resnest50_fast_4s2x40d": _fast(4, 2, 40),
+    "resnest50_fast_1s4x24d": _fast(1, 4, 24),
+    "resnest101_fast_2s1x64d": _fast(2, 1, 64, layers=(3, 4, 23, 3), paper="ResNeSt-101-fast"),
+}
+
+#: The paper's two "-fast" rows of Table 3.
+ALIASES: Dict[str, str] = {"resnest50_fast": "resnest50_fast_2s1x64d",
+                           "resnest101_fast": "resnest101_fast_2s1x64d"}
+
+
+def variant_names(aliases: bool = True) -> list:
+    """All registered names, in table order (aliases last)."""
+    return list(VARIANTS) + (list(ALIASES) if aliases else [])
+
+
+def resolve_name(name: str) -> str:
+    """Canonical variant name for ``name`` (case-insensitive, aliases resolved).
+
+    Raises ValueError naming the closest known names when there is no such variant.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    key = ALIASES.get(key, key)
+    if key not in VARIANTS:
+        close = difflib.get_close_matches(key, variant_names(), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown ResNeSt variant {name!r}.{hint} "
+                         f"Known: {', '.join(variant_names())}")
+    return key
+
+
+_OUTPUT_STRIDES = {32: (1, 1), 16: (1, 2), 8: (2, 4)}  # dilation of stages 3 and 4
+
+
+class ResNeSt(HybridBlock):
+    """ResNeSt: (N, 3, H, W) -> (N, classes) logits.
+
+    Stages ``layer1..layer4`` give C2..C5 (strides 4, 8, 16, 32; with ``output_stride`` 16
+    or 8 the last stages are dilated instead of strided). :meth:`stages` returns them.
+
+    Parameters
+    ----------
+    layers : blocks per stage.
+    radix, cardinality, bottleneck_width : R, K and the per-group width (ResNeXt "d").
+    stem_width : s of the deep stem (3x3 convs s, s, 2s).
+    avd_first : average downsampling before (True, "-fast") or after the 3x3 conv.
+    classes : size of the classifier.
+    output_stride : 32, 16 or 8 (8 and 16 dilate stages 3/4 for dense prediction).
+        ``dilated=True`` is GluonCV's spelling of ``output_stride=8``.
+    norm_layer, norm_kwargs : normalisation (BatchNorm, SyncBatchNorm, ...).
+    dropblock_prob : DropBlock probability in stages 3 and 4 (training only).
+    final_drop : dropout before the classifier.
+    last_gamma : zero-init the last norm's gamma of every bottleneck.
+    use_global_stats : freeze BatchNorm statistics (fine-tuning).
+    split_drop_ratio : dropout inside the attention MLP.
+    """
+
+    def __init__(self, layers: Sequence[int], radix: int = 2, cardinality: int = 1,
+                 bottleneck_width: int = 64, stem_width: int = 32, avd: bool = True,
+                 avd_first: bool = False, classes: int = 1000, output_stride: int = 32,
+                 dilated: bool = False, norm_layer: Callable = nn.BatchNorm,
+                 norm_kwargs: Optional[dict] = None, dropblock_prob: float = 0.0,
+                 final_drop: float = 0.0, last_gamma: bool = False,
+                 use_global_stats: bool = False, split_drop_ratio: float = 0.0,
+                 name_prefix: str = "resnest_", **kwargs: Any) -> None:
+        super().__init__(prefix=name_prefix, **kwargs)
+        layers = tuple(layers)
+        if len(layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in layers):
+            raise ValueError(f"layers must be four positive ints, got {layers!r}")
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+            raise ValueError(f"classes must be a positive int, got {classes!r}")
+        if dilated:
+            output_stride = 8
+        if output_stride not in _OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be 32, 16 or 8, got {output_stride!r}")
+        if not 0.0 <= final_drop < 1.0:
+            raise ValueError(f"final_drop must be in [0, 1), got {final_drop}")
+        norm_kwargs = dict(norm_kwargs or {})
+        if use_global_stats:
+            norm_kwargs["use_global_stats"] = True
+        self.classes, self.output_stride = classes, output_stride
+        self._mode_caches: Dict[Any, tuple] = {}
+        self._mode_key: Any = None
+        d3, d4 = _OUTPUT_STRIDES[output_stride]
+        block_kw = dict(radix=radix, cardinality=cardinality, bottleneck_width=bottleneck_width,
+                        avd=avd, avd_first=avd_first, norm_layer=norm_layer,
+                        norm_kwargs=norm_kwargs, last_gamma=last_gamma,
+                        split_drop_ratio=split_drop_ratio)
+        with self.name_scope():
+            self.conv1 = make_stem(stem_width, norm_layer, norm_kwargs)
+            self.bn1 = norm_layer(in_channels=stem_width * 2, **norm_kwargs)
+            self.relu = nn.Activation("relu")
+            self.maxpool = nn.MaxPool2D(3, 2, 1)
+            in_ch = stem_width * 2
+            stage_cfg = [(64, 1, 1, 1, 0.0), (128, 2, 1, 1, 0.0),
+                         (256, 2 if d3 == 1 else 1, d3, 1, dropblock_prob),
+                         (512, 2 if d4 == 1 else 1, d4, d3, dropblock_prob)]
+            for i, ((planes, strides, dil, first_dil, p), n) in enumerate(zip(stage_cfg, layers)):
+                stage = nn.HybridSequential(prefix=f"layers{i + 1}_")
+                with stage.name_scope():
+                    down = None
+                    if strides != 1 or in_ch != planes * 4:
+                        down = make_shortcut(in_ch, planes * 4, strides, norm_layer,
+                                             norm_kwargs, prefix=f"down{i + 1}_")
+                    for j in range(n):
+                        stage.add(Bottleneck(planes, in_ch, strides if j == 0 else 1,
+                                             first_dil if j == 0 else dil, dil,
+                                             down if j == 0 else None,
+                                             dropblock_prob=p, **block_kw))
+                        in_ch = planes * 4
+                setattr(self, f"layer{i + 1}", stage)
+            self.avgpool = nn.GlobalAvgPool2D()
+            self.flat = nn.Flatten()
+            self.drop = nn.Dropout(final_drop) if final_drop > 0 else None
+            self.fc = nn.Dense(classes, in_units=in_ch)
+
+    # -- forward -----------------------------------------------------------------------------
+    def stages(self, F, x) -> list:
+        """[C2, C3, C4, C5] for an input x; works on NDArray and Symbol."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def hybrid_forward(self, F, x):
+        x = self.flat(self.avgpool(self.stages(F, x)[-1]))
+        if self.drop is not None:
+            x = self.drop(x)
+        return self.fc(x)
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest H and W accepted: the network's total stride."""
+        return self.output_stride
+
+    def check_input(self, x) -> None:
+        """Raise ValueError unless x is an (N, 3, H, W) batch with H, W >= the total stride."""
+        shape = tuple(x.shape)
+        if len(shape) != 4:
+            raise ValueError(f"ResNeSt expects a 4-D (N, 3, H, W) batch, got shape {shape}")
+        if shape[1] != 3:
+            raise ValueError(f"ResNeSt expects 3 input channels (RGB, NCHW layout), got shape "
+                             f"{shape}; an (N, H, W, 3) image needs x.transpose((0, 3, 1, 2))")
+        if min(shape[2:]) < self.min_input_size:
+            raise ValueError(f"input {shape[2]}x{shape[3]} is smaller than the network's total "
+                             f"stride {self.min_input_size}; use H, W >= {self.min_input_size}")
+
+    def forward(self, x, *args):
+        if isinstance(x, mx.nd.NDArray):
+            self.check_input(x)
+            if self._active:
+                self._select_cache()
+        return super().forward(x, *args)
+
+    # -- one traced graph per mode -------------------------------------------------------------
+    # DropBlock is active in training only and adds no node at inference. MXNet traces a
+    # hybridized block once, so ResNeSt keeps a graph per (training?, drop settings) key and
+    # picks the one matching the call. These are HybridBlock's (MXNet 1.9) cache fields.
+    _CACHE_FIELDS = ("_cached_graph", "_cached_op", "_cached_op_args", "_in_format",
+                     "_out_format")
+
+    def _has_dropblock(self) -> bool:
+        return any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _walk(self))
+
+    def _select_cache(self, training: Optional[bool] = None) -> None:
+        if training is None:
+            training = autograd.is_training()
+        key = (bool(training) and self._has_dropblock(), graph_generation())
+        if key == self._mode_key:
+            return
+        if self._mode_key is not None and self._mode_key[1] == key[1]:
+            self._mode_caches[self._mode_key] = tuple(getattr(self, f) for f in self._CACHE_FIELDS)
+        else:
+            self._mode_caches = {}
+        saved = self._mode_caches.pop(key, ((), None, [], None, None))
+        for f, v in zip(self._CACHE_FIELDS, saved):
+            object.__setattr__(self, f, v)
+        self._mode_key = key
+
+    def _clear_cached_op(self) -> None:
+        super()._clear_cached_op()
+        self._mode_caches = {}
+        self._mode_key = None
+
+    def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
+        """Export the inference graph (``path-symbol.json``, ``path-%04d.params``)."""
+        if not self._active:
+            raise RuntimeError("call net.hybridize() before net.export()")
+        self._select_cache(training=False)
+        if not self._cached_graph:
+            s = self.min_input_size
+            with autograd.predict_mode():
+                self(mx.nd.zeros((1, 3, s, s), ctx=_param_ctx(self)))
+        super().export(path, epoch, remove_amp_cast)
+
+    def load_parameters(self, filename: str, ctx=None, allow_missing: bool = False,
+                        ignore_extra: bool = False, cast_dtype: bool = False,
+                        dtype_source: str = "current") -> None:
+        """Load a ``.params`` file; errors list every missing and unexpected key."""
+        from .weights import load_parameters
+        load_parameters(self, filename, ctx=ctx, allow_missing=allow_missing,
+                        ignore_extra=ignore_extra, cast_dtype=cast_dtype,
+                        dtype_source=dtype_source)
+
+
+class StageFeatures(HybridBlock):
+    """(N, 3, H, W) -> (C2, C3, C4, C5) of a :class:`ResNeSt`, sharing its parameters."""
+
+    def __init__(self, net: ResNeSt, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = net
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            self.register_child(getattr(net, name), name)
+
+    def hybrid_forward(self, F, x):
+        return tuple(self.net.stages(F, x))
+
+
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)
+
+
+def _param_ctx(block) -> mx.Context:
+    for p in block.collect_params().values():
+        try:
+            return p.list_ctx()[0]
+        except RuntimeError:
+            continue
+    return mx.cpu()
+
+
+def build(name: str, **kwargs: Any) -> ResNeSt:
+    """Build variant ``name`` with random (uninitialised) weights; kwargs override the spec.
+
+    Spec fields (``radix``, ``dropblock_prob``, ...) and every :class:`ResNeSt` argument are
+    accepted. ``dilation`` (GluonCV: 2 = output stride 16, 4 = 8) and ``input_size``
+    (GluonCV's static DropBlock size, not needed here) are accepted for compatibility.
+    """
+    spec = VARIANTS[resolve_name(name)]
+    dilation = kwargs.pop("dilation", None)
+    if dilation is not None:
+        strides = {1: 32, 2: 16, 4: 8}
+        if dilation not in strides:
+            raise ValueError(f"dilation must be 1, 2 or 4 (output stride 32, 16, 8), got "
+                             f"{dilation!r}")
+        kwargs.setdefault("output_stride", strides[dilation])
+    kwargs.pop("input_size", None)
+    arch = {f: kwargs.pop(f) for f in ("layers", "radix", "cardinality", "bottleneck_width",
+                                       "stem_width", "avd_first", "dropblock_prob",
+                                       "final_drop") if f in kwargs}
+    spec = replace(spec, **arch)
+    net = ResNeSt(spec.layers, radix=spec.radix, cardinality=spec.cardinality,
+                  bottleneck_width=spec.bottleneck_width, stem_width=spec.stem_width,
+                  avd_first=spec.avd_first, dropblock_prob=spec.dropblock_prob,
+                  final_drop=spec.final_drop, **kwargs)
+    net.variant = resolve_name(name)
+    net.default_cfg = spec.default_cfg
+    return net

@@ -1,0 +1,35 @@
+"""gluon_resnest: ResNeSt (Split-Attention Networks) for MXNet Gluon / GluonCV."""
+from setuptools import find_packages, setup
+
+# MXNet 1.9.1 (its last release) imports only with numpy < 1.24; the rest is pinned to builds
+# that work with that numpy on Python 3.11.
+INSTALL_REQUIRES = [
+    "mxnet==1.9.1",
+    "gluoncv==0.10.5.post0",
+    "numpy>=1.23,<1.24",
+    "opencv-python==4.8.1.78",
+    "scipy>=1.9,<1.12",
+    "pandas>=1.5,<2.1",
+    "matplotlib>=3.6,<3.8",
+    "contourpy>=1.0.1,<1.4",
+    "Pillow",
+    "pyyaml",
+    "tqdm",
+]
+
+setup(
+    name="gluon_resnest",
+    version="0.1.0",
+    description="ResNeSt (Split-Attention Networks) for Apache MXNet Gluon and GluonCV",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.8,<3.12",
+    packages=find_packages(include=["gluon_resnest", "gluon_resnest.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["gluon-resnest=gluon_resnest.cli:main"]},
+    include_package_data=True,
+)
