@@ -142,6 +142,10 @@ class ResNeSt(HybridBlock):
         layers = tuple(layers)
         if len(layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in layers):
             raise ValueError(f"layers must be four positive ints, got {layers!r}")
+        for arg, value in (("radix", radix), ("cardinality", cardinality),
+                           ("bottleneck_width", bottleneck_width), ("stem_width", stem_width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
             raise ValueError(f"classes must be a positive int, got {classes!r}")
         if dilated:

@@ -1,0 +1,32 @@
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+os.environ.setdefault("MXNET_HOME", os.path.join(os.path.dirname(__file__), ".mxnet_home_unused"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    mx.random.seed(0)
+    np.random.seed(0)
+
+
+def randomize(net, seed=0):
+    """Random weights everywhere, BN statistics included, so outputs are far from trivial."""
+    rng = np.random.RandomState(seed)
+    for name, p in sorted(net._collect_params_with_prefix().items()):
+        shape = p.shape
+        if name.endswith("running_var"):
+            val = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith(("bn3.gamma", "downsample.2.gamma")):
+            val = rng.uniform(0.2, 0.5, shape)  # keeps the residual sum O(1) in deep nets
+        elif name.endswith("gamma"):
+            val = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith(("beta", "running_mean", "bias")):
+            val = rng.normal(0, 0.1, shape)
+        else:
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            val = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
+        p.set_data(mx.nd.array(val.astype("float32")))

@@ -1,0 +1,56 @@
+"""Weight compatibility with GluonCV's own ResNeSt (its parameter files load; same outputs)."""
+import mxnet as mx
+import numpy as np
+import pytest
+from conftest import randomize
+from gluoncv.model_zoo import resnest as gcv_resnest
+
+import gluon_resnest
+
+CASES = [("resnest14", 64), ("resnest26", 64), ("resnest50", 96), ("resnest101", 64)]
+
+
+@pytest.mark.parametrize("name, size", CASES)
+def test_gluoncv_file_loads_and_outputs_match(tmp_path, name, size):
+    ref = getattr(gcv_resnest, name)()
+    ref.initialize()
+    x = mx.nd.random.uniform(-1, 1, shape=(2, 3, size, size))
+    ref(x)  # finish deferred init
+    randomize(ref, seed=1)
+    path = str(tmp_path / f"{name}.params")
+    ref.save_parameters(path)  # structural keys, as GluonCV publishes them
+
+    ours = gluon_resnest.get_model(name, pretrained=path)
+    with mx.autograd.predict_mode():
+        y_ref = ref(x).asnumpy()
+    y = ours(x).asnumpy()
+    assert np.abs(y_ref).max() > 0.1  # far from the ~0.05 logits of a default init
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+
+    ours.hybridize(static_alloc=True, static_shape=True)
+    np.testing.assert_allclose(ours(x).asnumpy(), y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+
+
+def test_same_keys_and_shapes_as_gluoncv_for_every_gluoncv_variant():
+    for name in ("resnest14", "resnest26", "resnest50", "resnest101", "resnest200", "resnest269"):
+        ref = dict((k, v.shape) for k, v in
+                   getattr(gcv_resnest, name)()._collect_params_with_prefix().items())
+        ours = dict((k, v.shape) for k, v in
+                    gluon_resnest.build(name)._collect_params_with_prefix().items())
+        assert ours == ref, name
+
+
+def test_dilated_matches_gluoncv(tmp_path):
+    ref = gcv_resnest.resnest50(dilated=True)
+    ref.initialize()
+    x = mx.nd.random.uniform(-1, 1, shape=(1, 3, 64, 64))
+    ref(x)
+    randomize(ref, seed=2)
+    path = str(tmp_path / "d.params")
+    ref.save_parameters(path)
+    ours = gluon_resnest.get_model("resnest50", dilated=True, pretrained=path)
+    with mx.autograd.predict_mode():
+        y_ref = ref(x).asnumpy()
+    np.testing.assert_allclose(ours(x).asnumpy(), y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+    c5 = gluon_resnest.StageFeatures(ours)(x)[-1]
+    assert c5.shape == (1, 2048, 8, 8)  # output stride 8
