@@ -1,7 +1,8 @@
 """Parameter and multiply-add counts, per network and per stage.
 
 Multiply-adds (MACs) count one per multiply-accumulate of convolutions and fully connected
-layers, as the ResNeSt paper's "GFLOPs" column does; BN, ReLU, pooling and the attention's
+layers with learned weights, as the ResNeSt paper's "GFLOPs" column does; BN, ReLU, pooling
+(also the average pooling that runs as a constant-weight convolution) and the attention's
 elementwise ops are not counted. Counts are per image.
 """
 from __future__ import annotations
@@ -61,8 +62,10 @@ def count_macs(net: mx.gluon.HybridBlock, input_size=224, by_stage: bool = False
     for node in nodes:
         if node["op"] not in ("Convolution", "FullyConnected"):
             continue
-        weight = nodes[node["inputs"][1][0]]["name"]
-        wshape = shapes[weight]
+        weight = nodes[node["inputs"][1][0]]
+        if weight["op"] != "null":  # constant-weight box filters (avd pooling, DropBlock)
+            continue
+        wshape = shapes[weight["name"]]
         out = shapes[node["name"] + "_output"]
         if node["op"] == "Convolution":
             macs = int(np.prod(out[1:])) * int(np.prod(wshape[1:]))

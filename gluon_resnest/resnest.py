@@ -234,26 +234,46 @@ class ResNeSt(HybridBlock):
         return super().forward(x, *args)
 
     # -- one traced graph per mode -------------------------------------------------------------
-    # DropBlock is active in training only and adds no node at inference. MXNet traces a
-    # hybridized block once, so ResNeSt keeps a graph per (training?, drop settings) key and
-    # picks the one matching the call. These are HybridBlock's (MXNet 1.9) cache fields.
+    # DropBlock is active in training only and adds no node at inference, and inference runs
+    # the oneDNN-fused graph (conv+BN+ReLU folded) that cannot be trained. MXNet traces a
+    # hybridized block once, so ResNeSt keeps one graph per (mode, drop settings, backend) and
+    # picks the one matching the call. These are HybridBlock's (MXNet 1.9.1) cache fields.
     _CACHE_FIELDS = ("_cached_graph", "_cached_op", "_cached_op_args", "_in_format",
-                     "_out_format")
+                     "_out_format", "_backend")
+
+    def hybridize(self, active: bool = True, backend: Optional[str] = None, clear: bool = True,
+                  static_alloc: bool = False, static_shape: bool = False,
+                  inference_backend: Optional[str] = "auto", **kwargs: Any) -> None:
+        """HybridBlock.hybridize, plus ``inference_backend``.
+
+        ``inference_backend``: graph backend for calls outside training. ``"auto"`` (default)
+        uses ``"MKLDNN"`` (oneDNN fusion: conv+BN+ReLU, conv+add) when MXNet has it, None
+        turns it off. ``backend`` (MXNet's argument) applies to every mode instead.
+        """
+        if inference_backend == "auto":
+            inference_backend = "MKLDNN" if _has_onednn() else None
+        self._user_backend = backend
+        self._inference_backend = inference_backend
+        super().hybridize(active, backend=backend, clear=clear, static_alloc=static_alloc,
+                          static_shape=static_shape, **kwargs)
 
     def _has_dropblock(self) -> bool:
         return any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _walk(self))
 
-    def _select_cache(self, training: Optional[bool] = None) -> None:
+    def _select_cache(self, training: Optional[bool] = None, fused: bool = True) -> None:
         if training is None:
             training = autograd.is_training()
-        key = (bool(training) and self._has_dropblock(), graph_generation())
+        backend = getattr(self, "_user_backend", None)
+        if backend is None and not training and fused:
+            backend = getattr(self, "_inference_backend", None)
+        key = (bool(training), graph_generation(), backend)
         if key == self._mode_key:
             return
         if self._mode_key is not None and self._mode_key[1] == key[1]:
             self._mode_caches[self._mode_key] = tuple(getattr(self, f) for f in self._CACHE_FIELDS)
         else:
             self._mode_caches = {}
-        saved = self._mode_caches.pop(key, ((), None, [], None, None))
+        saved = self._mode_caches.pop(key, ((), None, [], None, None, backend))
         for f, v in zip(self._CACHE_FIELDS, saved):
             object.__setattr__(self, f, v)
         self._mode_key = key
@@ -264,14 +284,18 @@ class ResNeSt(HybridBlock):
         self._mode_key = None
 
     def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
-        """Export the inference graph (``path-symbol.json``, ``path-%04d.params``)."""
+        """Export the plain inference graph (``path-symbol.json``, ``path-%04d.params``).
+
+        The exported graph has no DropBlock and no backend-specific fused nodes, so it loads
+        with ``SymbolBlock.imports`` anywhere and converts to ONNX.
+        """
         if not self._active:
             raise RuntimeError("call net.hybridize() before net.export()")
-        self._select_cache(training=False)
+        self._select_cache(training=False, fused=False)
         if not self._cached_graph:
             s = self.min_input_size
             with autograd.predict_mode():
-                self(mx.nd.zeros((1, 3, s, s), ctx=_param_ctx(self)))
+                self._call_cached_op(mx.nd.zeros((1, 3, s, s), ctx=_param_ctx(self)))
         super().export(path, epoch, remove_amp_cast)
 
     def load_parameters(self, filename: str, ctx=None, allow_missing: bool = False,
@@ -295,6 +319,10 @@ class StageFeatures(HybridBlock):
 
     def hybrid_forward(self, F, x):
         return tuple(self.net.stages(F, x))
+
+
+def _has_onednn() -> bool:
+    return mx.runtime.Features().is_enabled("MKLDNN")
 
 
 def _walk(block):

@@ -13,7 +13,7 @@ def _seed():
     np.random.seed(0)
 
 
-def randomize(net, seed=0):
+def randomize(net, seed=0, residual_gamma=(0.2, 0.5)):
     """Random weights everywhere, BN statistics included, so outputs are far from trivial."""
     rng = np.random.RandomState(seed)
     for name, p in sorted(net._collect_params_with_prefix().items()):
@@ -21,7 +21,7 @@ def randomize(net, seed=0):
         if name.endswith("running_var"):
             val = rng.uniform(0.5, 1.5, shape)
         elif name.endswith(("bn3.gamma", "downsample.2.gamma")):
-            val = rng.uniform(0.2, 0.5, shape)  # keeps the residual sum O(1) in deep nets
+            val = rng.uniform(*residual_gamma, shape)  # keeps the residual sum O(1) in deep nets
         elif name.endswith("gamma"):
             val = rng.uniform(0.5, 1.5, shape)
         elif name.endswith(("beta", "running_mean", "bias")):

@@ -47,12 +47,12 @@ def test_variant_specs_follow_the_official_models():
     assert net.layer1[0].conv2.channels == 80  # group width int(64*40/64)*2
 
 
-def _roundtrip(name, tmp_path, size, size2):
+def _roundtrip(name, tmp_path, size, size2, residual_gamma=(0.2, 0.5)):
     net = gluon_resnest.get_model(name)
     net.initialize()
     x = mx.nd.random.uniform(-1, 1, shape=(2, 3, size, size))
     net(x)
-    randomize(net, seed=3)
+    randomize(net, seed=3, residual_gamma=residual_gamma)
     y = net(x).asnumpy()
     assert np.isfinite(y).all() and y.shape == (2, 1000)
     net.hybridize(static_alloc=True, static_shape=True)
@@ -78,7 +78,7 @@ def test_every_variant_hybridizes_and_exports(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnest200", "resnest269"])
 def test_deep_variants_hybridize_and_export(name, tmp_path):
-    _roundtrip(name, tmp_path, 64, 32)
+    _roundtrip(name, tmp_path, 64, 32, residual_gamma=(0.02, 0.05))  # 66/89 blocks deep
 
 
 def test_resnest50_at_224_hybridized():

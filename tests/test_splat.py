@@ -120,3 +120,23 @@ def test_bad_types():
         SplitAttention(64, radix=2.0)
     with pytest.raises(TypeError, match="kernel_size"):
         SplitAttention(64, kernel_size="3")
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_channel_scale_values_and_gradients(training):
+    """Both formulations (inference: broadcast, training: rank-1 expansion) against numpy."""
+    from gluon_resnest.splat import channel_scale
+    rng = np.random.RandomState(0)
+    x_np = rng.uniform(-1, 1, (3, 5, 4, 6)).astype("float32")
+    a_np = rng.uniform(-1, 1, (3, 5, 1, 1)).astype("float32")
+    dy = rng.uniform(-1, 1, x_np.shape).astype("float32")
+    x, a = mx.nd.array(x_np), mx.nd.array(a_np)
+    x.attach_grad()
+    a.attach_grad()
+    with mx.autograd.record(train_mode=training):
+        y = channel_scale(mx.nd, x, a)
+    y.backward(mx.nd.array(dy), train_mode=training)
+    np.testing.assert_allclose(y.asnumpy(), x_np * a_np, rtol=1e-6)
+    np.testing.assert_allclose(x.grad.asnumpy(), dy * a_np, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.grad.asnumpy(), (dy * x_np).sum(axis=(2, 3), keepdims=True),
+                               rtol=1e-5, atol=1e-5)
