@@ -1,0 +1,202 @@
+"""Data-parallel training: devices of one process, MXNet's parameter server, Horovod.
+
+* ``device`` / ``local``: one process, the batch split over ``run.devices``; gradients are
+  summed by a local kvstore.
+* ``dist_sync`` / ``dist_device_sync``: MXNet's parameter server. Every process is started the
+  standard way, with the ``DMLC_*`` environment: one scheduler, one or more servers, N workers
+  (``DMLC_ROLE``, ``DMLC_PS_ROOT_URI``, ``DMLC_PS_ROOT_PORT``, ``DMLC_NUM_SERVER``,
+  ``DMLC_NUM_WORKER``). Schedulers and servers are ``python -c "import mxnet"``; workers run
+  ``gluon-resnest train ... run.kvstore=dist_sync``. Worker r trains on the r-th slice of every
+  global batch; the servers sum the gradients, and every worker applies the same update
+  (``update_on_kvstore=False``), so optimizer states stay in the workers' checkpoints.
+* ``horovod``: ``horovod.mxnet`` when it is installed (``horovodrun -np N gluon-resnest train
+  ... run.kvstore=horovod``).
+
+:func:`launch_local` starts a whole parameter-server job on this machine (127.0.0.1).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["Parallel", "setup_parallel", "parse_devices", "launch_local", "free_port",
+           "DIST_KVSTORES"]
+
+DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
+
+
+def parse_devices(devices: Sequence[str]) -> list:
+    """['cpu'] / ['cpu:0', 'cpu:1'] / ['gpu:0'] -> MXNet contexts."""
+    import mxnet as mx
+    out = []
+    for d in devices:
+        kind, _, idx = str(d).strip().lower().partition(":")
+        if kind not in ("cpu", "gpu") or (idx and not idx.isdigit()):
+            raise ValueError(f"run.devices: {d!r} is not a device; use cpu, cpu:N or gpu:N")
+        if kind == "gpu" and int(idx or 0) >= mx.context.num_gpus():
+            raise ValueError(f"run.devices: {d!r} requested but this machine has "
+                             f"{mx.context.num_gpus()} GPU(s)")
+        out.append(mx.Context(kind, int(idx or 0)))
+    return out
+
+
+@dataclass
+class Parallel:
+    """How this process takes part in training."""
+
+    kind: str                 # device | local | dist_* | horovod
+    rank: int = 0
+    num_workers: int = 1
+    kvstore: Any = None       # what gluon.Trainer gets
+    hvd: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_workers > 1 or self.kind in DIST_KVSTORES or self.kind == "horovod"
+
+    def make_trainer(self, params, optimizer: str, optimizer_params: Dict[str, Any]):
+        from mxnet import gluon
+        if self.kind == "horovod":
+            self.hvd.broadcast_parameters(params, root_rank=0)
+            return self.hvd.DistributedTrainer(params, optimizer, optimizer_params)
+        update_on_kv = False if self.kind != "dist_async" else None
+        return gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore,
+                             update_on_kvstore=update_on_kv)
+
+    def step_batch(self, local_count: int) -> int:
+        """What ``trainer.step`` divides the summed gradient by."""
+        if self.kind in DIST_KVSTORES:
+            return local_count * self.num_workers   # the servers sum over all workers
+        return local_count                          # local; Horovod averages itself
+
+
+def setup_parallel(kind: str) -> Parallel:
+    """Create the kvstore named by ``run.kvstore`` (joining the job for dist kinds)."""
+    if kind in ("device", "local"):
+        return Parallel(kind, kvstore=kind)
+    if kind == "horovod":
+        try:
+            import horovod.mxnet as hvd
+        except ImportError:
+            raise ValueError("run.kvstore=horovod needs Horovod built with MXNet support "
+                             "(pip install horovod with HOROVOD_WITH_MXNET=1); it is not "
+                             "installed. Use run.kvstore=dist_sync for MXNet's own parameter "
+                             "server.") from None
+        hvd.init()
+        return Parallel(kind, hvd.rank(), hvd.size(), None, hvd)
+    if kind in DIST_KVSTORES:
+        missing = [v for v in ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT",
+                               "DMLC_NUM_SERVER", "DMLC_NUM_WORKER") if v not in os.environ]
+        if missing:
+            raise ValueError(f"run.kvstore={kind} needs the parameter-server environment; "
+                             f"{', '.join(missing)} not set (see 'Distributed training' in "
+                             f"the README, or gluon_resnest.train.distributed.launch_local)")
+        import mxnet as mx
+        kv = mx.kv.create(kind)
+        return Parallel(kind, kv.rank, kv.num_workers, kv)
+    raise ValueError(f"run.kvstore: unknown kind {kind!r}; use device, local, dist_sync, "
+                     f"dist_device_sync, dist_async or horovod")
+
+
+# -- a parameter-server job on this machine -------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs: List[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
+                 timeout: float = 600, env: Optional[Dict[str, str]] = None,
+                 cwd: Optional[str] = None, log_dir: Optional[str] = None) -> List[int]:
+    """Run a parameter-server job on 127.0.0.1: a scheduler, ``num_servers`` servers and one
+    worker per command in ``worker_cmds``. Returns the workers' exit codes.
+
+    Every process is bounded by ``timeout`` seconds and stopped (terminate, then kill) when the
+    workers end, fail or time out; ``log_dir`` receives each process's output.
+    """
+    base = dict(os.environ if env is None else env)
+    base.update(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(free_port()),
+                DMLC_NODE_HOST="127.0.0.1", DMLC_NUM_SERVER=str(num_servers),
+                DMLC_NUM_WORKER=str(len(worker_cmds)))
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    procs: List[subprocess.Popen] = []
+    files = []
+
+    def start(role: str, cmd: Sequence[str], tag: str) -> subprocess.Popen:
+        out = None  # inherit this process's output
+        if log_dir:
+            out = open(os.path.join(log_dir, f"{tag}.log"), "w")  # noqa: SIM115
+            files.append(out)
+        p = subprocess.Popen(list(cmd), env=dict(base, DMLC_ROLE=role), cwd=cwd, stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs.append(p)
+        return p
+
+    ps_cmd = [sys.executable, "-c", "import mxnet"]
+    try:
+        start("scheduler", ps_cmd, "scheduler")
+        for i in range(num_servers):
+            start("server", ps_cmd, f"server{i}")
+        workers = [start("worker", cmd, f"worker{i}") for i, cmd in enumerate(worker_cmds)]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            codes = [w.poll() for w in workers]
+            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+                break
+            time.sleep(0.2)
+        else:
+            raise TimeoutError(f"distributed job did not finish within {timeout:.0f} s")
+        if any(c not in (None, 0) for c in codes):
+            codes = [w.poll() if w.poll() is not None else -1 for w in workers]
+        return [c if c is not None else -1 for c in codes]
+    finally:
+        _stop(procs)
+        for f in files:
+            f.close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m gluon_resnest.train.distributed -n 2 [-s 1] -- CMD ...``: run CMD as N
+    workers of a parameter-server job on 127.0.0.1; worker r gets ``--out <out>/worker<r>``
+    only if you add it yourself."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m gluon_resnest.train.distributed",
+                                 description="Run a command as N parameter-server workers on "
+                                             "this machine (scheduler and servers included).")
+    ap.add_argument("-n", "--workers", type=int, default=2)
+    ap.add_argument("-s", "--servers", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--log-dir", default=None, help="one log file per process")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the worker command")
+    args = ap.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        ap.error("give the worker command after --")
+    codes = launch_local([cmd] * args.workers, args.servers, args.timeout,
+                         log_dir=args.log_dir)
+    print(f"worker exit codes: {codes}")
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
