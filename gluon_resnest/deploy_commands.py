@@ -22,8 +22,9 @@ def _load_model(args):
     import mxnet as mx
 
     from .export import load_symbol
-    from .resnest import VARIANTS, build, resolve_name
-    if os.path.isfile(f"{args.model}-symbol.json"):
+    from .resnest import ALIASES, VARIANTS, build, resolve_name
+    is_variant = args.model.lower() in VARIANTS or args.model.lower() in ALIASES
+    if not is_variant and os.path.isfile(f"{args.model}-symbol.json"):
         if args.params or args.pretrained or args.random:
             raise ValueError("--params/--pretrained/--random apply to a variant name, not to an "
                              "exported prefix")
@@ -134,7 +135,8 @@ def add_commands(sub) -> None:
                     "--pretrained or --random) or the PREFIX of an exported model "
                     "(PREFIX-symbol.json, e.g. from `gluon-resnest train`).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="variant name (e.g. resnest50) or exported PREFIX")
+    p.add_argument("model", help="variant name (e.g. resnest50) or exported PREFIX "
+                                 "(a variant name wins; write ./resnest50 for a prefix)")
     p.add_argument("--params", help="our .params file (structural keys)")
     p.add_argument("--pretrained", action="store_true", help="GluonCV's published weights")
     p.add_argument("--random", action="store_true", help="random weights (smoke tests)")
