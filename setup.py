@@ -15,6 +15,16 @@ INSTALL_REQUIRES = [
     "Pillow",
     "pyyaml",
     "tqdm",
+    "scikit-learn>=1.3,<1.8",  # ships the embedded demo's images (handwritten digits)
+]
+
+# The torch extra converts PyTorch checkpoints; the test extra also brings timm, the official
+# `resnest` package and onnxruntime, to compare against them. torchvision 0.28.0 (pulled by
+# timm) cannot load its C ops next to the CPU torch wheel; tests/test_convert.py explains the
+# one-module shim it uses.
+TEST_REQUIRES = [
+    "pytest>=7", "ruff>=0.4", "torch==2.13.0", "torchvision==0.28.0", "timm==1.0.29",
+    "resnest==0.0.5", "safetensors>=0.4", "onnx==1.18.0", "onnxruntime==1.30.0",
 ]
 
 setup(
@@ -28,7 +38,9 @@ setup(
     packages=find_packages(include=["gluon_resnest", "gluon_resnest.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4"],
+        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+        "onnx": ["onnx==1.18.0", "onnxruntime==1.30.0"],
+        "test": TEST_REQUIRES,
     },
     entry_points={"console_scripts": ["gluon-resnest=gluon_resnest.cli:main"]},
     include_package_data=True,

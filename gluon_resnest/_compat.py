@@ -9,6 +9,7 @@ gluoncv in environments with torch >= 2.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 _MISSING = object()
@@ -18,13 +19,8 @@ def import_gluoncv():
     """``import gluoncv``, tolerating an installed torch >= 2."""
     if "gluoncv" in sys.modules:
         return sys.modules["gluoncv"]
-    try:
-        return importlib.import_module("gluoncv")
-    except RuntimeError as err:
-        if "torch" not in str(err):
-            raise
-    for name in [m for m in sys.modules if m == "gluoncv" or m.startswith("gluoncv.")]:
-        del sys.modules[name]
+    if sys.modules.get("torch") is None and importlib.util.find_spec("torch") is None:
+        return importlib.import_module("gluoncv")  # no torch: nothing to hide
     saved = sys.modules.get("torch", _MISSING)
     sys.modules["torch"] = None  # makes `import torch` raise ImportError inside the check
     try:

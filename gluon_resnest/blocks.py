@@ -7,6 +7,7 @@ structural parameter keys of GluonCV's and the official ResNeSt files
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 from mxnet import autograd
@@ -19,9 +20,21 @@ from .splat import SplitAttention
 # GluonCV's set_drop_prob() only recognises its own class: subclass it.
 _GluonCVDropBlock = import_gluoncv().nn.dropblock.DropBlock
 
-__all__ = ["DropBlock", "Bottleneck", "make_stem", "make_shortcut", "graph_generation"]
+__all__ = ["DropBlock", "Bottleneck", "make_stem", "make_shortcut", "graph_generation",
+           "portable_graph"]
 
 _GENERATION = [0]
+_PORTABLE = [False]
+
+
+@contextlib.contextmanager
+def portable_graph():
+    """Trace with standard operators only (for export): AvgPool3x3 becomes a Pooling node."""
+    saved, _PORTABLE[0] = _PORTABLE[0], True
+    try:
+        yield
+    finally:
+        _PORTABLE[0] = saved
 
 
 def graph_generation() -> int:
@@ -110,7 +123,8 @@ def box_sum(F, x, size: int, channels: Optional[int] = None, strides: int = 1,
 class AvgPool3x3(HybridBlock):
     """``AvgPool2D(3, strides, padding=1)`` (padding counted) as a depthwise convolution.
 
-    Same numbers as the pooling layer; oneDNN runs it 2-3x faster. No parameters.
+    Same numbers as the pooling layer; oneDNN runs it 2-3x faster. No parameters. Traced
+    under :func:`portable_graph` (export) it is the standard pooling operator.
     """
 
     def __init__(self, channels: int, strides: int) -> None:
@@ -123,6 +137,9 @@ class AvgPool3x3(HybridBlock):
         self.dtype = dtype
 
     def hybrid_forward(self, F, x):
+        if _PORTABLE[0]:
+            return F.Pooling(x, kernel=(3, 3), stride=(self.strides, self.strides), pad=(1, 1),
+                             pool_type="avg", count_include_pad=True)
         return box_sum(F, x, 3, self.channels, self.strides, scale=1.0 / 9, dtype=self.dtype)
 
     def __repr__(self) -> str:

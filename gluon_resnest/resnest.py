@@ -15,7 +15,7 @@ from mxnet import autograd
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
-from .blocks import Bottleneck, DropBlock, graph_generation, make_shortcut, make_stem
+from .blocks import Bottleneck, DropBlock, graph_generation, make_shortcut, make_stem, portable_graph
 
 __all__ = ["VariantSpec", "VARIANTS", "ALIASES", "ResNeSt", "StageFeatures", "build",
            "resolve_name", "variant_names"]
@@ -260,13 +260,13 @@ class ResNeSt(HybridBlock):
     def _has_dropblock(self) -> bool:
         return any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _walk(self))
 
-    def _select_cache(self, training: Optional[bool] = None, fused: bool = True) -> None:
+    def _select_cache(self, training: Optional[bool] = None, portable: bool = False) -> None:
         if training is None:
             training = autograd.is_training()
         backend = getattr(self, "_user_backend", None)
-        if backend is None and not training and fused:
+        if backend is None and not training and not portable:
             backend = getattr(self, "_inference_backend", None)
-        key = (bool(training), graph_generation(), backend)
+        key = (bool(training), graph_generation(), backend, portable)
         if key == self._mode_key:
             return
         if self._mode_key is not None and self._mode_key[1] == key[1]:
@@ -286,15 +286,16 @@ class ResNeSt(HybridBlock):
     def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
         """Export the plain inference graph (``path-symbol.json``, ``path-%04d.params``).
 
-        The exported graph has no DropBlock and no backend-specific fused nodes, so it loads
-        with ``SymbolBlock.imports`` anywhere and converts to ONNX.
+        The exported graph holds standard operators only (no DropBlock, no backend-specific
+        fused nodes, no in-graph constants), so it loads with ``SymbolBlock.imports`` anywhere
+        and converts to ONNX.
         """
         if not self._active:
             raise RuntimeError("call net.hybridize() before net.export()")
-        self._select_cache(training=False, fused=False)
+        self._select_cache(training=False, portable=True)
         if not self._cached_graph:
             s = self.min_input_size
-            with autograd.predict_mode():
+            with autograd.predict_mode(), portable_graph():
                 self._call_cached_op(mx.nd.zeros((1, 3, s, s), ctx=_param_ctx(self)))
         super().export(path, epoch, remove_amp_cast)
 

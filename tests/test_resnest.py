@@ -1,4 +1,6 @@
 """The variant table: exactness to the paper, every variant runs, hybridizes and exports."""
+import json
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -60,6 +62,9 @@ def _roundtrip(name, tmp_path, size, size2, residual_gamma=(0.2, 0.5)):
     np.testing.assert_allclose(y_h, y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
     prefix = str(tmp_path / name)
     net.export(prefix)
+    with open(prefix + "-symbol.json") as f:
+        ops = {n["op"] for n in json.load(f)["nodes"]}
+    assert not {o for o in ops if o.startswith(("_sg_", "_full", "_random"))}, ops  # portable graph
     sb = mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], prefix + "-0000.params")
     np.testing.assert_allclose(sb(x).asnumpy(), y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
     x2 = mx.nd.random.uniform(-1, 1, shape=(3, 3, size2, size2 + 32))  # other batch and size
