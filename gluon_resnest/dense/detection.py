@@ -1,0 +1,457 @@
+"""Faster R-CNN and Mask R-CNN with a feature pyramid on a ResNeSt backbone.
+
+Built from GluonCV's public classes: :class:`gluoncv.nn.feature.FPNFeatureExpander` for the
+pyramid, :class:`~gluoncv.model_zoo.rcnn.faster_rcnn.FasterRCNN` and
+:class:`~gluoncv.model_zoo.rcnn.mask_rcnn.MaskRCNN` for the detectors, with GluonCV's
+predefined-model settings (:data:`RECIPES`).
+
+The pyramid taps the backbone's stage outputs through :class:`StageTaps`, whose symbolic
+outputs carry the stable names ``{prefix}c2`` .. ``{prefix}c5`` (:data:`TAP_NAMES`; strides 4, 8,
+16, 32), never MXNet's auto-generated node names.
+
+Detector I/O (GluonCV's): inference ``net(x)`` with x (1, 3, H, W) returns ``ids`` (1, M, 1),
+``scores`` (1, M, 1), ``bboxes`` (1, M, 4) in input pixels (M = classes x post-NMS boxes,
+invalid rows have id -1); Mask R-CNN adds ``masks`` (1, K, S, S) probabilities, one per kept box
+(K = ``rcnn_max_dets``, S = mask size). Training ``net(x, gt_box, gt_label)`` returns GluonCV's
+training tuple (class/box predictions, RPN outputs, targets).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+import warnings
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+from gluoncv.model_zoo.rcnn.faster_rcnn import FasterRCNN
+from gluoncv.model_zoo.rcnn.mask_rcnn import MaskRCNN
+from gluoncv.nn.dropblock import set_drop_prob
+from gluoncv.nn.feature import FPNFeatureExpander
+from mxnet import autograd
+from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon.contrib.nn import SyncBatchNorm
+
+from ..resnest import ResNeSt, resolve_name
+from ..weights import load_parameters, resolve_pretrained
+from ..zoo import get_model as get_backbone_model
+from ..zoo_dense import fix_pyramid_roi_pooling
+from .initialize import initialize_missing
+from .norms import GroupNorm
+
+__all__ = ["TAP_NAMES", "NORMS", "RECIPES", "StageTaps", "fpn_features", "ResNeStFasterRCNN",
+           "ResNeStMaskRCNN", "faster_rcnn_fpn", "mask_rcnn_fpn", "custom_faster_rcnn_fpn",
+           "custom_mask_rcnn_fpn", "dataset_classes", "check_classes", "initialize_detector",
+           "load_detector"]
+
+#: Names of the stage outputs the pyramid taps (C2..C5, strides 4, 8, 16, 32).
+TAP_NAMES: Tuple[str, ...] = ("c2", "c3", "c4", "c5")
+_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+#: Normalisation modes. ``syncbn``: SyncBatchNorm in backbone, FPN and heads, everything trained
+#: (GluonCV's ``*_fpn_syncbn_*`` models and the paper's detection setting). ``frozen``: BatchNorm
+#: with frozen statistics in the backbone, no norm in FPN and heads, stem and stage 1 frozen
+#: (GluonCV's plain ``*_fpn_*`` models). ``bn``: ordinary BatchNorm everywhere (one device).
+#: ``gn``: GroupNorm in backbone and box head, none in the FPN, for training from scratch with
+#: one image per step (see :mod:`.norms`).
+NORMS: Tuple[str, ...] = ("syncbn", "frozen", "bn", "gn")
+
+# GluonCV's predefined FPN settings (rcnn/{faster,mask}_rcnn/predefined_models.py).
+_FPN = dict(min_stage=2, max_stage=6, roi_mode="align", strides=(4, 8, 16, 32, 64), base_size=16,
+            scales=(2, 4, 8, 16, 32), ratios=(0.5, 1, 2), alloc_size=(384, 384),
+            rpn_nms_thresh=0.7, rpn_train_pre_nms=12000, rpn_train_post_nms=2000,
+            rpn_test_pre_nms=6000, rpn_test_post_nms=1000, rpn_min_size=1, num_sample=512,
+            pos_iou_thresh=0.5, pos_ratio=0.25, max_num_gt=100)
+#: Per data set: image sizes and NMS settings. COCO: GluonCV's FPN COCO models (multi-scale
+#: short side 640-800 with SyncBN, 800 with frozen BN, long side <= 1333). VOC: GluonCV's VOC
+#: Faster R-CNN (short 600, long <= 1000, NMS 0.3, top 400, 100 boxes per image).
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "coco": dict(_FPN, short=800, max_size=1333, nms_thresh=0.5, nms_topk=-1, post_nms=-1),
+    "voc": dict(_FPN, short=600, max_size=1000, nms_thresh=0.3, nms_topk=400, post_nms=100),
+    "custom": dict(_FPN, short=600, max_size=1000, nms_thresh=0.5, nms_topk=400, post_nms=100),
+}
+_SYNCBN_SHORT = {"coco": (640, 800)}
+_CLIP = {"faster": 4.14, "mask": 4.42}   # log(1000/16) and GluonCV's Mask R-CNN value
+
+
+def dataset_classes(dataset: str) -> List[str]:
+    """Class names of a named detection data set (``coco``: 80, ``voc``: 20)."""
+    from gluoncv.data import COCODetection, VOCDetection
+    table = {"coco": COCODetection.CLASSES, "voc": VOCDetection.CLASSES}
+    if dataset not in table:
+        raise ValueError(f"unknown detection data set {dataset!r}: expected one of "
+                         f"{sorted(table)}, or dataset='custom' with classes=[...]")
+    return list(table[dataset])
+
+
+def check_classes(classes: Any) -> List[str]:
+    """``classes`` as a list of distinct non-empty names, or a clear TypeError/ValueError."""
+    if isinstance(classes, str):
+        raise TypeError(f"classes must be a list of class names, got the string {classes!r} "
+                        f"(did you mean [{classes!r}]?)")
+    if not isinstance(classes, (list, tuple)):
+        raise TypeError(f"classes must be a list of class names, got {type(classes).__name__}")
+    if not classes:
+        raise ValueError("classes is empty: a detector needs at least one foreground class")
+    bad = [c for c in classes if not isinstance(c, str) or not c]
+    if bad:
+        raise ValueError(f"every class must be a non-empty str, got {bad[:5]!r}")
+    dupes = sorted({c for c in classes if list(classes).count(c) > 1})
+    if dupes:
+        raise ValueError(f"duplicate class names {dupes!r} in classes")
+    if "background" in classes:
+        raise ValueError("classes lists foreground classes only; the detector adds background")
+    return list(classes)
+
+
+class StageTaps(HybridBlock):
+    """(N, 3, H, W) -> (C2, C3, C4, C5) of a ResNeSt, each output named for feature taps.
+
+    In a symbolic graph the outputs are ``{prefix}c2_output`` .. ``{prefix}c5_output``
+    (an identity node per stage), so ``FPNFeatureExpander(network=taps,
+    outputs=list(TAP_NAMES))`` finds them. Parameters are the backbone's own (shared).
+    """
+
+    def __init__(self, net: ResNeSt, prefix: str = "resnest_taps_") -> None:
+        super().__init__(prefix=prefix)
+        if not isinstance(net, ResNeSt):
+            raise TypeError(f"StageTaps needs a gluon_resnest ResNeSt, got {type(net).__name__}")
+        object.__setattr__(self, "_net", net)              # called, not registered twice
+        for name in _STAGES:
+            self.register_child(getattr(net, name), name)
+
+    def hybrid_forward(self, F, x):
+        outs = [F.identity(c, name=n) for c, n in zip(self._net.stages(F, x), TAP_NAMES)]
+        return F.Group(outs) if F is mx.sym else tuple(outs)
+
+
+def fpn_features(backbone: ResNeSt, num_filters: int = 256, sym_norm_layer: Any = None,
+                 sym_norm_kwargs: Optional[dict] = None, no_bias: Optional[bool] = None
+                 ) -> FPNFeatureExpander:
+    """GluonCV's FPN on the backbone's C2..C5: (N, 3, H, W) -> [P2, P3, P4, P5, P6].
+
+    Pi has ``num_filters`` channels and stride 2**i. ``sym_norm_layer`` (e.g.
+    ``mx.sym.contrib.SyncBatchNorm``) normalises the FPN convs, which then have no bias.
+    """
+    if no_bias is None:
+        no_bias = sym_norm_layer is not None
+    if sym_norm_layer is not None and sym_norm_layer is not mx.sym.contrib.SyncBatchNorm:
+        sym_norm_layer = _named_norm(sym_norm_layer)    # GluonCV names SyncBatchNorm only
+    return FPNFeatureExpander(
+        network=StageTaps(backbone), outputs=list(TAP_NAMES), num_filters=[num_filters] * 4,
+        use_1x1=True, use_upsample=True, use_elewadd=True, use_p6=True, no_bias=no_bias,
+        pretrained=False, norm_layer=sym_norm_layer, norm_kwargs=dict(sym_norm_kwargs or {}))
+
+
+def _named_norm(layer: Callable) -> Callable:
+    """``layer`` with stable names ``fpn_bn0``, ``fpn_bn1``, ... in call order (else MXNet
+    would number them from a process-wide counter and saved files would not load back)."""
+    count = itertools.count()
+
+    def norm(data, **kwargs):
+        return layer(data, name=f"fpn_bn{next(count)}", **kwargs)
+    return norm
+
+
+def _box_head(norm: str, roi_pool: bool, convs: int, conv_filters: int, dense: int,
+              norm_kwargs: dict) -> nn.HybridSequential:
+    """RoI features (R, C, r, r) -> (R, dense). ``roi_pool`` halves 14x14 RoIs to 7x7 first."""
+    head = nn.HybridSequential()
+    if roi_pool:
+        head.add(nn.AvgPool2D(pool_size=(3, 3), strides=2, padding=1))
+    if norm == "frozen":
+        for _ in range(2):
+            head.add(nn.Dense(dense, weight_initializer=mx.init.Normal(0.01)),
+                     nn.Activation("relu"))
+        return head
+    norm_layer = {"syncbn": SyncBatchNorm, "gn": GroupNorm}.get(norm, nn.BatchNorm)
+    for _ in range(convs):
+        head.add(nn.Conv2D(conv_filters, 3, padding=1, use_bias=False),
+                 norm_layer(**norm_kwargs), nn.Activation("relu"))
+    head.add(nn.Dense(dense, weight_initializer=mx.init.Normal(0.01)), nn.Activation("relu"))
+    return head
+
+
+def _train_patterns(norm: str) -> str:
+    if norm != "frozen":
+        return "(?!.*moving)"          # all but the FPN's symbolic BN moving statistics
+    # frozen: like GluonCV's, stem and stage 1 stay fixed (names as this package's ResNeSt)
+    return "|".join([".*dense", ".*rpn", ".*mask", "P", r".*layers(2|3|4)_.*conv"])
+
+
+def _check_input(net: FasterRCNN, x: mx.nd.NDArray, gt_box: Any, gt_label: Any) -> None:
+    shape = tuple(x.shape)
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"{type(net).__name__} expects a (N, 3, H, W) batch, got shape {shape}")
+    stride = net.backbone.min_input_size                  # C5's stride, 32
+    if min(shape[2:]) < stride:
+        raise ValueError(f"input {shape[2]}x{shape[3]} is smaller than the backbone's total "
+                         f"stride {stride}; use H, W >= {stride} (GluonCV's transforms resize "
+                         f"to short side {net.short})")
+    if autograd.is_training():
+        if gt_box is None or gt_label is None:
+            raise ValueError("training needs net(x, gt_box, gt_label); got no ground truth")
+        if shape[0] != net._batch_size:
+            raise ValueError(f"training batch is {shape[0]} images but the detector was built "
+                             f"with per_device_batch_size={net._batch_size}")
+        valid = (gt_label.reshape((shape[0], -1)) >= 0).sum(axis=1).asnumpy()
+        if (valid == 0).any():
+            raise ValueError(f"empty annotation set: image {int((valid == 0).argmax())} of the "
+                             f"batch has no box (labels are all -1 padding); every training "
+                             f"image needs at least one box (filter out unannotated images)")
+    elif shape[0] != 1:
+        raise ValueError(f"inference takes one image at a time (GluonCV's R-CNN), got a batch "
+                         f"of {shape[0]}")
+
+
+class _InputChecks:
+    """Checks an NDArray call before GluonCV's R-CNN forward (see :func:`_check_input`)."""
+
+    def forward(self, x, gt_box=None, gt_label=None):
+        if isinstance(x, mx.nd.NDArray):
+            _check_input(self, x, gt_box, gt_label)
+        if gt_box is None:
+            return super().forward(x)
+        return super().forward(x, gt_box, gt_label)
+
+
+class ResNeStFasterRCNN(_InputChecks, FasterRCNN):
+    """GluonCV's FasterRCNN with input checks and deterministic FPN RoI pooling; see the module
+    docstring for shapes."""
+
+
+class ResNeStMaskRCNN(_InputChecks, MaskRCNN):
+    """GluonCV's MaskRCNN with input checks; see the module docstring for shapes."""
+
+
+# GluonCV's FPN RoI pooling reads uninitialised ROIAlign output on MXNet 1.9 (zoo_dense).
+fix_pyramid_roi_pooling(ResNeStFasterRCNN, ResNeStMaskRCNN)
+
+
+def _backbone(name: str, norm: str, pretrained_base: Union[bool, str], ctx: Any,
+              root: Optional[str], num_devices: int) -> ResNeSt:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "syncbn":
+        kw = dict(norm_layer=SyncBatchNorm,
+                  norm_kwargs={"num_devices": num_devices} if num_devices >= 1 else {})
+    elif norm == "gn":
+        kw = dict(norm_layer=GroupNorm)
+    else:
+        kw = dict(norm_layer=nn.BatchNorm, use_global_stats=norm == "frozen")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Caution using SyncBatchNorm")
+        net = get_backbone_model(name, pretrained=pretrained_base, ctx=ctx, root=root,
+                                 dilated=False, dropblock_prob=0.0, **kw)
+    net.apply(partial(set_drop_prob, 0.0))   # as GluonCV's predefined ResNeSt detectors do
+    return net
+
+
+def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: str,
+           norm: str, pretrained: Union[bool, str], pretrained_base: Union[bool, str],
+           ctx: Any, root: Optional[str], num_devices: int, num_fpn_filters: int,
+           num_box_head_conv: int, num_box_head_conv_filters: int,
+           num_box_head_dense_filters: int, **kwargs: Any) -> FasterRCNN:
+    backbone = resolve_name(backbone)
+    if dataset not in RECIPES:
+        raise ValueError(f"unknown detection data set {dataset!r}: expected one of "
+                         f"{sorted(RECIPES)} (custom needs classes=[...])")
+    if dataset == "custom":
+        if classes is None:
+            raise ValueError("dataset='custom' needs classes=[...], the foreground class names")
+        classes = check_classes(classes)
+    else:
+        known = dataset_classes(dataset)
+        if classes is not None and list(check_classes(classes)) != known:
+            raise ValueError(f"the {dataset} model has {dataset.upper()}'s {len(known)} classes, "
+                             f"got {len(classes)} others; for your own classes use "
+                             f"custom_{kind}_rcnn_fpn(classes=[...], base_network_name="
+                             f"{backbone!r}) or net.reset_class(classes)")
+        classes = known
+    if pretrained:
+        pretrained_base = False
+    ctx = ctx if ctx is not None else mx.cpu()
+    base = _backbone(backbone, norm, pretrained_base, ctx, root, num_devices)
+    sym_norm, sym_kw = None, {}
+    if norm == "syncbn":
+        sym_norm, sym_kw = mx.sym.contrib.SyncBatchNorm, ({"ndev": num_devices}
+                                                           if num_devices >= 1 else {})
+    elif norm == "bn":
+        sym_norm = mx.sym.BatchNorm
+    features = fpn_features(base, num_fpn_filters, sym_norm, sym_kw)
+    gl_kw = {"num_devices": num_devices} if norm == "syncbn" and num_devices >= 1 else {}
+    settings = dict(RECIPES[dataset])
+    if norm == "syncbn" and dataset in _SYNCBN_SHORT:
+        settings["short"] = _SYNCBN_SHORT[dataset]
+    mask = kind == "mask"
+    roi = 14 if mask else 7          # Mask R-CNN: 14x14 RoIs, box head pools to 7x7
+    settings.update(roi_size=(roi, roi), clip=_CLIP[kind],
+                    rpn_channel=256 if norm != "frozen" else 1024,
+                    train_patterns=_train_patterns(norm))
+    settings.update(kwargs)
+    box = _box_head(norm, mask, num_box_head_conv, num_box_head_conv_filters,
+                    num_box_head_dense_filters, gl_kw)
+    common = dict(features=features, top_features=None, classes=classes, box_features=box)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Caution using SyncBatchNorm")
+        if mask:
+            settings.setdefault("target_roi_scale", 2)
+            settings.setdefault("num_fcn_convs", 4)
+            settings.setdefault("mask_channels", 256)
+            settings.setdefault("rcnn_max_dets", 1000)
+            if norm == "syncbn":
+                settings.setdefault("norm_layer", SyncBatchNorm)
+                settings.setdefault("norm_kwargs", gl_kw)
+            net = ResNeStMaskRCNN(**common, **settings)
+        else:
+            net = ResNeStFasterRCNN(**common, **settings)
+    net.base_network_name, net.dataset, net.norm = backbone, dataset, norm
+    object.__setattr__(net, "backbone", base)    # a reference, not a second child
+    sync = "_syncbn" if norm == "syncbn" else ""
+    net.model_name = f"{kind}_rcnn_fpn{sync}_{backbone}_{dataset}"
+    if pretrained:
+        load_detector(net, resolve_pretrained(net.model_name, pretrained, root), ctx=ctx)
+    else:
+        for p in net.collect_params().values():
+            try:
+                p.reset_ctx(ctx)
+            except ValueError:
+                pass
+    return net
+
+
+_DEFAULTS = dict(norm="syncbn", pretrained=False, pretrained_base=True, ctx=None, root=None,
+                 num_devices=0, num_fpn_filters=256, num_box_head_conv=4,
+                 num_box_head_conv_filters=256, num_box_head_dense_filters=1024)
+
+
+def faster_rcnn_fpn(backbone: str = "resnest50", dataset: str = "coco",
+                    classes: Optional[Sequence[str]] = None, **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN + FPN on a ResNeSt (GluonCV's FasterRCNN and FPNFeatureExpander).
+
+    backbone : any ResNeSt variant name. dataset : ``coco``, ``voc`` (their class lists and
+    :data:`RECIPES` settings) or ``custom`` (needs ``classes``).
+    norm : one of :data:`NORMS` (default ``syncbn``). num_devices : SyncBatchNorm devices.
+    pretrained : detector weights, GluonCV's convention (file
+    ``{root}/faster_rcnn_fpn[_syncbn]_{backbone}_{dataset}-*.params``; GluonCV's own published
+    files load too). pretrained_base : ImageNet backbone weights (local file, never downloaded).
+    num_fpn_filters, num_box_head_conv, num_box_head_conv_filters, num_box_head_dense_filters :
+    head sizes, as GluonCV's ``custom_faster_rcnn_fpn``. Other kwargs go to FasterRCNN
+    (``short``, ``max_size``, ``num_sample``, ``rpn_train_post_nms``, ``per_device_batch_size``...).
+    """
+    opts = {**_DEFAULTS, **kwargs}
+    return _build("faster", backbone, classes, dataset, **opts)
+
+
+def mask_rcnn_fpn(backbone: str = "resnest50", dataset: str = "coco",
+                  classes: Optional[Sequence[str]] = None, **kwargs: Any) -> MaskRCNN:
+    """Mask R-CNN + FPN on a ResNeSt; arguments as :func:`faster_rcnn_fpn`.
+
+    14x14 RoIs (pooled to 7x7 for the box head), a 4-conv mask head with a 2x deconvolution:
+    28x28 masks, as GluonCV's FPN Mask R-CNN models.
+    """
+    opts = {**_DEFAULTS, **kwargs}
+    return _build("mask", backbone, classes, dataset, **opts)
+
+
+def _custom(kind: str, classes, transfer, dataset, pretrained_base, base_network_name,
+            norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs):
+    if sym_norm_layer is not None and sym_norm_layer not in (mx.sym.contrib.SyncBatchNorm,
+                                                            mx.sym.BatchNorm):
+        raise ValueError(f"sym_norm_layer must be mx.sym.contrib.SyncBatchNorm, mx.sym.BatchNorm"
+                         f" or None, got {sym_norm_layer!r}")
+    if norm_layer is SyncBatchNorm:
+        norm = "syncbn"
+    elif norm_layer is nn.BatchNorm or norm_layer is None:
+        norm = "frozen" if sym_norm_layer is None else "bn"
+    else:
+        raise ValueError(f"norm_layer must be mx.gluon.nn.BatchNorm (frozen, GluonCV's default) "
+                         f"or mx.gluon.contrib.nn.SyncBatchNorm, got {norm_layer!r}")
+    num_devices = int((norm_kwargs or {}).get("num_devices") or 0)
+    build = faster_rcnn_fpn if kind == "faster" else mask_rcnn_fpn
+    if transfer is None:
+        return build(base_network_name, "custom", classes, norm=norm, num_devices=num_devices,
+                     pretrained_base=pretrained_base, **kwargs)
+    classes = check_classes(classes)
+    net = build(base_network_name, str(transfer), None, norm=norm, num_devices=num_devices,
+                pretrained=kwargs.pop("pretrained", True), **kwargs)
+    net.reset_class(classes, reuse_weights=[c for c in classes if c in net.classes])
+    return net
+
+
+def custom_faster_rcnn_fpn(classes: Sequence[str], transfer: Optional[str] = None,
+                           dataset: str = "custom", pretrained_base: Union[bool, str] = True,
+                           base_network_name: str = "resnest50", norm_layer: Any = nn.BatchNorm,
+                           norm_kwargs: Optional[dict] = None, sym_norm_layer: Any = None,
+                           sym_norm_kwargs: Optional[dict] = None, **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN + FPN for your own ``classes``, with GluonCV's ``custom_faster_rcnn_fpn``
+    signature and a ResNeSt ``base_network_name``.
+
+    norm_layer : ``nn.BatchNorm`` (frozen statistics, GluonCV's default) or
+    ``SyncBatchNorm`` (``norm_kwargs={'num_devices': n}``); ``sym_norm_layer`` with
+    ``nn.BatchNorm`` selects trainable BatchNorm. transfer : ``'coco'``/``'voc'`` starts from
+    that detector's local weights and keeps the classes both share (``reset_class``).
+    """
+    return _custom("faster", classes, transfer, dataset, pretrained_base, base_network_name,
+                   norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs)
+
+
+def custom_mask_rcnn_fpn(classes: Sequence[str], transfer: Optional[str] = None,
+                         dataset: str = "custom", pretrained_base: Union[bool, str] = True,
+                         base_network_name: str = "resnest50", norm_layer: Any = nn.BatchNorm,
+                         norm_kwargs: Optional[dict] = None, sym_norm_layer: Any = None,
+                         sym_norm_kwargs: Optional[dict] = None, **kwargs: Any) -> MaskRCNN:
+    """Mask R-CNN + FPN for your own ``classes``; arguments as :func:`custom_faster_rcnn_fpn`."""
+    return _custom("mask", classes, transfer, dataset, pretrained_base, base_network_name,
+                   norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs)
+
+
+def initialize_detector(net: FasterRCNN, ctx: Any = None) -> None:
+    """Initialise what is not loaded: a fresh backbone with Xavier(gaussian, in, 2) (the
+    official ImageNet init), every other parameter as GluonCV's training scripts do."""
+    initialize_missing(net, [net.backbone], ctx)
+
+
+# -- weights --------------------------------------------------------------------------------
+_GLUONCV_STEM_KEY = re.compile(r"^features\.resnest_conv0_weight$")
+
+
+def _gluoncv_backbone_names(net: FasterRCNN) -> Dict[str, str]:
+    """{GluonCV's backbone parameter name: ours} for the detector's backbone variant.
+
+    GluonCV's detection files store the backbone under MXNet's auto-generated names
+    (``resnest_conv0_weight``); both backbones share the structural keys, so GluonCV's own
+    ResNeSt of the same variant gives the correspondence.
+    """
+    from gluoncv.model_zoo import resnest as gcv_resnest
+    variant = net.base_network_name
+    if not hasattr(gcv_resnest, variant):
+        raise ValueError(f"GluonCV has no {variant!r} to translate its detection file from")
+    norm = ({"norm_layer": SyncBatchNorm} if net.norm == "syncbn" else {})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Caution using SyncBatchNorm")
+        theirs = getattr(gcv_resnest, variant)(**norm)._collect_params_with_prefix()
+    mine = net.backbone._collect_params_with_prefix()
+    return {theirs[k].name: mine[k].name for k in mine if k in theirs}
+
+
+def load_detector(net: FasterRCNN, filename: str, ctx: Any = None) -> None:
+    """Load a detector file: ours, or GluonCV's (backbone names translated).
+
+    Keys are checked strictly (every mismatch listed), except the training target generator's
+    constants, which a net has only after training.
+    """
+    skip = ("_target_generator.",)
+    keys = set(mx.nd.load(filename))
+    if any(_GLUONCV_STEM_KEY.match(k) for k in keys):
+        rename = {f"features.{a}": f"features.{b}" for a, b in
+                  _gluoncv_backbone_names(net).items()}
+        data = {rename.get(k, k): v for k, v in mx.nd.load(filename).items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "translated.params")
+            mx.nd.save(path, data)
+            load_parameters(net, path, ctx=ctx, skip=skip)
+    else:
+        load_parameters(net, filename, ctx=ctx, skip=skip)

@@ -1,0 +1,112 @@
+"""The name table of the detection and segmentation models, and a name parser.
+
+:data:`DENSE_MODELS` holds the names GluonCV's training scripts compose and that
+``gluon_resnest.zoo_dense.register_dense`` adds to GluonCV's ``get_model``:
+
+- ``faster_rcnn_fpn_syncbn_resnest{50,101,200,269}_coco`` (SyncBatchNorm everywhere)
+- ``faster_rcnn_fpn_resnest{50,101}_{coco,voc}`` (frozen BatchNorm)
+- ``mask_rcnn_fpn_syncbn_resnest{50,101}_coco``, ``mask_rcnn_fpn_resnest{50,101}_coco``
+- ``deeplab_resnest{50,101,200,269}_ade``, ``deeplab_resnest{50,101}_citys``
+
+:func:`get_dense_model` builds these and any other valid combination of a ResNeSt variant,
+data set and norm (e.g. ``faster_rcnn_fpn_syncbn_resnest50_fast_voc``) with clear errors.
+The custom constructors (your own ``classes``) are :data:`CUSTOM_MODELS`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List
+
+from ..resnest import resolve_name
+from . import detection, segmentation
+
+__all__ = ["DENSE_MODELS", "CUSTOM_MODELS", "dense_model_names", "get_dense_model",
+           "parse_dense_name"]
+
+_DET_DATASETS = ("coco", "voc")
+_DET_NAME = re.compile(r"^(faster|mask)_rcnn_fpn(_syncbn)?_(resnest[a-z0-9_]*?)_([a-z0-9]+)$")
+_SEG_NAME = re.compile(r"^deeplab_(resnest[a-z0-9_]*?)_([a-z0-9]+)$")
+_SEG_SUFFIXES = {"ade": "ade20k", "citys": "citys", "voc": "pascal_voc", "coco": "coco"}
+
+
+def _constructor(name: str, build: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
+    def make(**kwargs: Any) -> Any:
+        clash = sorted(set(kwargs) & set(fixed))
+        if clash:
+            raise TypeError(f"{name}() fixes {', '.join(clash)}; got {clash[0]}="
+                            f"{kwargs[clash[0]]!r}")
+        return build(**fixed, **kwargs)
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = f"{name}: see gluon_resnest.dense.{build.__module__.rsplit('.', 1)[-1]}." \
+                   f"{build.__name__} ({', '.join(f'{k}={v!r}' for k, v in fixed.items())})."
+    make._gluon_resnest = True
+    return make
+
+
+def parse_dense_name(name: str) -> Dict[str, Any]:
+    """The builder and its fixed arguments for a composed model name, or a clear ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    m = _DET_NAME.match(key)
+    if m:
+        kind, sync, variant, dataset = m.groups()
+        resolve_name(variant)
+        if dataset not in _DET_DATASETS:
+            raise ValueError(f"unknown dataset suffix {dataset!r} in {name!r}: detection models "
+                             f"exist for {', '.join(_DET_DATASETS)}; for your own data use "
+                             f"custom_{kind}_rcnn_fpn(classes=[...], "
+                             f"base_network_name={variant!r})")
+        build = detection.faster_rcnn_fpn if kind == "faster" else detection.mask_rcnn_fpn
+        return {"build": build, "backbone": variant, "dataset": dataset,
+                "norm": "syncbn" if sync else "frozen"}
+    m = _SEG_NAME.match(key)
+    if m:
+        variant, suffix = m.groups()
+        resolve_name(variant)
+        if suffix not in _SEG_SUFFIXES:
+            raise ValueError(f"unknown dataset suffix {suffix!r} in {name!r}: DeepLabV3 models "
+                             f"exist for {', '.join(_SEG_SUFFIXES)}; for your own data use "
+                             f"gluon_resnest.dense.deeplab({variant!r}, dataset=None, nclass=N)")
+        return {"build": segmentation.deeplab, "backbone": variant,
+                "dataset": _SEG_SUFFIXES[suffix]}
+    raise ValueError(f"{name!r} is not a detection/segmentation model name: expected "
+                     f"'{{faster,mask}}_rcnn_fpn[_syncbn]_<resnest variant>_{{coco,voc}}' or "
+                     f"'deeplab_<resnest variant>_{{{','.join(_SEG_SUFFIXES)}}}'")
+
+
+def _table() -> Dict[str, Callable[..., Any]]:
+    names: List[str] = []
+    names += [f"faster_rcnn_fpn_syncbn_resnest{d}_coco" for d in (50, 101, 200, 269)]
+    names += [f"faster_rcnn_fpn_resnest{d}_{s}" for d in (50, 101) for s in ("coco", "voc")]
+    names += [f"mask_rcnn_fpn_syncbn_resnest{d}_coco" for d in (50, 101)]
+    names += [f"mask_rcnn_fpn_resnest{d}_coco" for d in (50, 101)]
+    names += [f"deeplab_resnest{d}_ade" for d in (50, 101, 200, 269)]
+    names += [f"deeplab_resnest{d}_citys" for d in (50, 101)]
+    table = {}
+    for name in names:
+        spec = parse_dense_name(name)
+        table[name] = _constructor(name, spec.pop("build"), **spec)
+    return table
+
+
+#: Registered detection and segmentation names -> constructors (GluonCV kwargs).
+DENSE_MODELS: Dict[str, Callable[..., Any]] = _table()
+
+#: Custom-class constructors, GluonCV's names and signatures, ResNeSt backbones.
+CUSTOM_MODELS: Dict[str, Callable[..., Any]] = {
+    "custom_faster_rcnn_fpn": detection.custom_faster_rcnn_fpn,
+    "custom_mask_rcnn_fpn": detection.custom_mask_rcnn_fpn,
+}
+
+
+def dense_model_names() -> List[str]:
+    """Every registered detection and segmentation name."""
+    return list(DENSE_MODELS)
+
+
+def get_dense_model(name: str, **kwargs: Any) -> Any:
+    """Build a detection or segmentation model by composed name (GluonCV's kwargs)."""
+    spec = parse_dense_name(name)
+    build = spec.pop("build")
+    return _constructor(name.lower(), build, **spec)(**kwargs)
