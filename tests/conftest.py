@@ -4,6 +4,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+import gluon_resnest  # noqa: F401  (first: imports gluoncv even where torch >= 2 is installed)
+
 os.environ.setdefault("MXNET_HOME", os.path.join(os.path.dirname(__file__), ".mxnet_home_unused"))
 
 
