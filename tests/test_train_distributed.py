@@ -76,10 +76,12 @@ def test_parameter_server_two_workers_equal_single_process(single, tmp_path):
     logs = {f: (tmp_path / "logs" / f).read_text() for f in os.listdir(tmp_path / "logs")}
     assert codes == [0, 0], logs
     assert "kvstore dist_sync (worker 0 of 2)" in logs["worker0.log"] + logs["worker1.log"]
+    epochs = "\n".join(line for text in logs.values() for line in text.splitlines()
+                       if line.startswith(("epoch", "devices")))
     rank0 = params_of(str(out / "last.ckpt"))
     rank1 = params_of(str(out / "rank1" / "last.ckpt"))
     for k in rank0:                                   # identical updates on both workers
-        np.testing.assert_array_equal(rank0[k], rank1[k], err_msg=k)
+        np.testing.assert_array_equal(rank0[k], rank1[k], err_msg=f"{k}\n{epochs}")
     assert_close(rank0, single, rtol=1e-4, atol=1e-6)
 
 

@@ -142,7 +142,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import BatchLoader, open_source
     from .inference import describe, evaluate, load_model
     model = load_model(args.model, overrides=_test_overrides(args))
-    src = open_source(args.data, "--data", "val", args.demo_size)
+    path = args.data
+    if path != "demo" and os.path.isdir(os.path.join(os.path.expanduser(path), "val")):
+        path = os.path.join(os.path.expanduser(path), "val")      # a data root: its val/
+    src = open_source(path, "--data", "val", args.demo_size)
     if src.classes is not None and src.classes != model.classes:
         raise ValueError(f"the data ({src.description}) has classes "
                          f"{src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model "

@@ -355,6 +355,15 @@ def load_config(name: Optional[str], overrides: Sequence[Tuple[str, Any]] = (),
     return resolve(apply_overrides(raw, overrides, check=False), where)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for lists ([0.5, 0.5, 0.5])."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v,
+                                                                flow_style=True))
+
+
 def format_config(cfg: Dict[str, Any]) -> str:
     """The resolved config as YAML (what the run uses)."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=100).rstrip()
+    return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     width=100).rstrip()

@@ -28,6 +28,7 @@ __all__ = ["Parallel", "setup_parallel", "parse_devices", "launch_local", "free_
            "DIST_KVSTORES"]
 
 DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
+_AUX_KEY = 1 << 20   # kvstore keys of averaged BatchNorm statistics (parameters use 0..n-1)
 
 
 def parse_devices(devices: Sequence[str]) -> list:
@@ -65,8 +66,40 @@ class Parallel:
             self.hvd.broadcast_parameters(params, root_rank=0)
             return self.hvd.DistributedTrainer(params, optimizer, optimizer_params)
         update_on_kv = False if self.kind != "dist_async" else None
-        return gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore,
-                             update_on_kvstore=update_on_kv)
+        trainer = gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore,
+                                update_on_kvstore=update_on_kv)
+        if self.kind in DIST_KVSTORES:
+            # MXNet 1.9's Trainer initialises the kvstore inside the first step(), where the
+            # pull of rank 0's initial weights and the push of the first gradients are not
+            # ordered: a worker's weight pull can reach the server after the summed gradients
+            # replaced the weights there, and that worker starts from the gradient sum. So
+            # initialise and pull first, and wait (Trainer internals, MXNet 1.9).
+            import mxnet as mx
+            trainer._init_kvstore()
+            trainer._init_params()
+            mx.nd.waitall()
+        return trainer
+
+    def average_aux(self, net) -> None:
+        """Average the state that gradients do not update (BatchNorm running statistics) over
+        every device of every worker, so that all workers validate and save the same model."""
+        if not self.distributed:
+            return
+        aux = [p for p in net.collect_params().values() if p.grad_req == "null"]
+        if self.kind == "horovod":
+            for i, p in enumerate(aux):
+                p.set_data(self.hvd.allreduce(p.data(), average=True, name=f"aux{i}"))
+            return
+        import mxnet as mx
+        initialised = self.__dict__.setdefault("_aux_keys", set())
+        for i, p in enumerate(aux):
+            key, arrays = _AUX_KEY + i, p.list_data()
+            if key not in initialised:
+                self.kvstore.init(key, mx.nd.zeros_like(arrays[0]))
+                initialised.add(key)
+            outs = [mx.nd.zeros_like(a) for a in arrays]
+            self.kvstore.pushpull(key, arrays, out=outs)
+            p.set_data(outs[0] / (self.num_workers * len(arrays)))
 
     def step_batch(self, local_count: int) -> int:
         """What ``trainer.step`` divides the summed gradient by."""

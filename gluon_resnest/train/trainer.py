@@ -265,10 +265,12 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        if self._signal is None:
-            self._signal = signum
-            self.log(f"\n{signal.Signals(signum).name} received: finishing this iteration, "
-                     f"then saving a checkpoint")
+        if self._signal is not None:   # a second signal: stop now (checkpoints stay intact)
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without "
+                                    f"a new checkpoint")
+        self._signal = signum
+        self.log(f"\n{signal.Signals(signum).name} received: finishing this iteration, then "
+                 f"saving a checkpoint (send it again to stop at once)")
 
     def _install_signals(self) -> Dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -362,7 +364,7 @@ class Trainer:
                  f"{self.val_src.description if self.val_src is not None else 'none'}",
                  f"recipe: {o['optimizer']} batch {o['batch_size']}, lr {o['lr']} x "
                  f"{o['batch_size']}/{o['lr_batch_size']} = {self.base_lr:.4g}, {o['schedule']}"
-                 f" with {o['warmup_epochs']} warm-up epochs, {o['epochs']} epochs, label "
+                 f" after {o['warmup_epochs']} warm-up epoch(s), {o['epochs']} epochs, label "
                  f"smoothing {o['label_smoothing']}, mixup {o['mixup']}, DropBlock 0 -> "
                  f"{self.final_p}, AutoAugment {'on' if self.cfg['aug']['auto_augment'] else 'off'}"
                  f", no weight decay on {len(self.no_wd)} bias/BN tensors, "
@@ -412,6 +414,7 @@ class Trainer:
                     raise TrainingInterrupted(self._signal, path, epoch, self.iteration)
         finally:
             bar.close()
+        self.parallel.average_aux(self.net)
         seconds = time.time() - t0
         row: Dict[str, Any] = {
             "epoch": epoch + 1, "lr": lr, "train_loss": acc["loss"] / max(acc["seen"], 1),
