@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,6 +167,11 @@ def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
     Every process is bounded by ``timeout`` seconds and stopped (terminate, then kill) when the
     workers end, fail or time out; ``log_dir`` receives each process's output.
     """
+    for cmd in worker_cmds:
+        if not cmd or (shutil.which(cmd[0], path=(env or os.environ).get("PATH")) is None
+                       and not os.path.isfile(cmd[0])):
+            raise FileNotFoundError(f"worker command {cmd[0] if cmd else ''!r} not found "
+                                    f"(is its virtual environment active?)")
     base = dict(os.environ if env is None else env)
     base.update(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(free_port()),
                 DMLC_NODE_HOST="127.0.0.1", DMLC_NUM_SERVER=str(num_servers),
@@ -210,8 +216,8 @@ def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m gluon_resnest.train.distributed -n 2 [-s 1] -- CMD ...``: run CMD as N
-    workers of a parameter-server job on 127.0.0.1; worker r gets ``--out <out>/worker<r>``
-    only if you add it yourself."""
+    workers of a parameter-server job on 127.0.0.1 (``gluon-resnest train`` writes worker 0's
+    outputs to its run folder and worker r's checkpoints to ``<run folder>/rank<r>``)."""
     import argparse
     ap = argparse.ArgumentParser(prog="python -m gluon_resnest.train.distributed",
                                  description="Run a command as N parameter-server workers on "
@@ -225,8 +231,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         ap.error("give the worker command after --")
-    codes = launch_local([cmd] * args.workers, args.servers, args.timeout,
-                         log_dir=args.log_dir)
+    try:
+        codes = launch_local([cmd] * args.workers, args.servers, args.timeout,
+                             log_dir=args.log_dir)
+    except (FileNotFoundError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"worker exit codes: {codes}")
     return 0 if all(c == 0 for c in codes) else 1
 
