@@ -226,3 +226,18 @@ def test_finetune_from_a_checkpoint_reinitialises_the_head(demo, tmp_path):
     for k, v in theirs.items():
         if not k.startswith("fc."):
             np.testing.assert_array_equal(ours[k], v, err_msg=k)
+
+
+def test_train_and_eval_on_recordio(tmp_path, capsys):
+    """ImageNet-style RecordIO: DIR/train.rec and DIR/val.rec (+ .idx, .lst) are found."""
+    code, text, _ = gr(capsys, "demo-data", str(tmp_path / "rec"), "--format", "rec")
+    assert code == 0 and "train.rec" in text
+    run_dir = str(tmp_path / "run")
+    code, text, err = gr(capsys, "train", "-c", "demo", "--data", str(tmp_path / "rec"),
+                         "--out", run_dir, *TINY)
+    assert code == 0, err
+    assert re.search(r"data: 96 images of RecordIO .*train\.rec \(1437 records\); "
+                     r"validation: 96 images of RecordIO .*val\.rec", text)
+    code, text, err = gr(capsys, "eval", run_dir, "--data", str(tmp_path / "rec" / "val.rec"))
+    assert code == 0, err
+    assert re.search(r"RecordIO .*val\.rec \(360 records\)", text) and "(360 images)" in text
