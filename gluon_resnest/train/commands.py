@@ -37,7 +37,8 @@ def _config_name(args: argparse.Namespace) -> Any:
     if args.task in ("detection", "segmentation"):
         return None
     if args.data and args.data != "demo":
-        return f"imagenet/{args.model or 'resnest50'}"
+        from ..resnest import resolve_name
+        return f"imagenet/{resolve_name(args.model or 'resnest50')}"
     return "demo"
 
 
