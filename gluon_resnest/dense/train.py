@@ -26,6 +26,7 @@ import json
 import os
 import random
 import time
+import warnings
 from functools import partial
 from typing import Any, Dict, List, Optional
 
@@ -333,9 +334,13 @@ def _evaluate_detection(net, val_set, mask_metric: bool) -> dict:
 
 class _MaskSemanticMetric:
     """Mask R-CNN's instance masks pasted into a semantic map, scored by GluonCV's
-    SegmentationMetric against the generated segmentation map (mask mIoU, pixel accuracy)."""
+    SegmentationMetric against the generated segmentation map (mask mIoU, pixel accuracy).
 
-    def __init__(self, num_class: int, score_thresh: float = 0.5) -> None:
+    Detections scoring above ``score_thresh`` are pasted (GluonCV's ``mask.fill``) as binary
+    masks (probability > 0.5), higher scores on top; other pixels are background.
+    """
+
+    def __init__(self, num_class: int, score_thresh: float = 0.2) -> None:
         from gluoncv.utils.metrics.segmentation import SegmentationMetric
         self.metric = SegmentationMetric(num_class + 1)
         self.num_class, self.thresh = num_class, score_thresh
@@ -344,15 +349,14 @@ class _MaskSemanticMetric:
         from gluoncv.data.transforms.mask import fill
         ids, scores, boxes, masks = [o[0].asnumpy() for o in outs]
         h, w = size
-        keep = (scores[:, 0] > self.thresh) & (ids[:, 0] >= 0)
-        probs = np.zeros((self.num_class + 1, h, w), np.float32)
-        probs[0] = 0.5
-        if keep.any():
-            full = fill(masks[keep], boxes[keep], (w, h))
-            for m, c, s in zip(full, ids[keep, 0].astype(int), scores[keep, 0]):
-                probs[c + 1] = np.maximum(probs[c + 1], m * s)
-        target = sample["segmap"]
-        self.metric.update(mx.nd.array(target[None]), mx.nd.array(probs[None]))
+        pred = np.zeros((h, w), np.int64)
+        keep = np.nonzero((scores[:, 0] > self.thresh) & (ids[:, 0] >= 0))[0]
+        keep = keep[np.argsort(scores[keep, 0])]             # ascending: best pasted last
+        if len(keep):
+            for m, c in zip(fill(masks[keep], boxes[keep], (w, h)), ids[keep, 0].astype(int)):
+                pred[m > 0.5] = c + 1
+        onehot = np.eye(self.num_class + 1, dtype=np.float32)[pred].transpose(2, 0, 1)
+        self.metric.update(mx.nd.array(sample["segmap"][None]), mx.nd.array(onehot[None]))
 
     def get(self) -> dict:
         pix, miou = self.metric.get()
@@ -495,9 +499,14 @@ def run(cfg: dict, out_dir: str) -> dict:
     """
     full = resolve_config(cfg)
     _seed(full["train"]["seed"])
-    if full["task"] == "detection":
-        return _train_detection(full, out_dir)
-    return _train_segmentation(full, out_dir)
+    with warnings.catch_warnings():
+        # MXNet's notes on GluonCV's graphs (untyped input, constant anchors, 1-device SyncBN)
+        warnings.filterwarnings("ignore", message="Cannot decide type|Constant parameter|"
+                                                  "Caution using SyncBatchNorm|Parameter .* is "
+                                                  "not used by any computation")
+        if full["task"] == "detection":
+            return _train_detection(full, out_dir)
+        return _train_segmentation(full, out_dir)
 
 
 def main(argv: Optional[list] = None) -> int:
