@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "tqdm",
     "scikit-learn>=1.3,<1.8",  # ships the embedded demo's images (handwritten digits)
+    "pycocotools>=2.0.7",      # GluonCV's Mask R-CNN transforms (it would pip-install it at run time)
 ]
 
 # The torch extra converts PyTorch checkpoints; the test extra also brings timm, the official

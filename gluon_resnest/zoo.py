@@ -3,7 +3,8 @@
 ``register()`` (run by ``import gluon_resnest``) puts every variant into GluonCV's private
 name table ``gluoncv.model_zoo.model_zoo._models``, replacing GluonCV's own entries of the
 same names, so ``gluoncv.model_zoo.get_model('resnest50')`` builds ours. Registering again is
-a no-op. GluonCV internals used here: ``model_zoo.model_zoo._models``.
+a no-op. GluonCV internals used here: ``model_zoo.model_zoo._models``; the detection and
+segmentation hooks live beside it in ``zoo_dense.py``.
 """
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ def register() -> None:
         fn = _REGISTERED.get(name) or _constructor(name)
         _REGISTERED[name] = fn
         table[name] = fn
+    from .zoo_dense import register_dense  # detection/segmentation names, backbone hook
+    register_dense(table)
 
 
 def registered_names() -> list:

@@ -103,7 +103,8 @@ def _run_dense(cfg: Dict[str, Any], out: Any) -> int:
     result = dense_run(cfg, out)
     print(f"{cfg['task']} training finished; run folder: {out}")
     for k, v in (result or {}).items():
-        print(f"  {k}: {v}")
+        if k != "loss_history":  # one number per iteration: it is in the run folder's metrics
+            print(f"  {k}: {v}")
     return 0
 
 
