@@ -36,6 +36,7 @@ from mxnet.base import MXNetError
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .convert import MissingExtraError
+from .resnest import _param_ctx
 
 __all__ = ["ONNX_OPSET", "UnsupportedOnThisCPU", "fold_constants", "export_symbol", "load_symbol",
            "export_onnx", "run_onnx", "generated_images", "folder_images", "calibration_images",
@@ -61,15 +62,6 @@ def _input_size(net, size: Optional[int]) -> int:
     if size < minimum:
         raise ValueError(f"size {size} is smaller than the network's total stride {minimum}")
     return size
-
-
-def _param_ctx(net) -> mx.Context:
-    for p in net.collect_params().values():
-        try:
-            return p.list_ctx()[0]
-        except RuntimeError:
-            continue
-    return mx.cpu()
 
 
 def _check_block(net) -> None:
