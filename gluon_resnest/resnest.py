@@ -15,7 +15,7 @@ from mxnet import autograd
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
-from .blocks import Bottleneck, DropBlock, graph_generation, make_shortcut, make_stem, portable_graph
+from .blocks import Bottleneck, graph_generation, make_shortcut, make_stem, portable_graph
 
 __all__ = ["VariantSpec", "VARIANTS", "ALIASES", "ResNeSt", "StageFeatures", "build",
            "resolve_name", "variant_names"]
@@ -257,9 +257,6 @@ class ResNeSt(HybridBlock):
         super().hybridize(active, backend=backend, clear=clear, static_alloc=static_alloc,
                           static_shape=static_shape, **kwargs)
 
-    def _has_dropblock(self) -> bool:
-        return any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _walk(self))
-
     def _select_cache(self, training: Optional[bool] = None, portable: bool = False) -> None:
         if training is None:
             training = autograd.is_training()
@@ -324,12 +321,6 @@ class StageFeatures(HybridBlock):
 
 def _has_onednn() -> bool:
     return mx.runtime.Features().is_enabled("MKLDNN")
-
-
-def _walk(block):
-    yield block
-    for child in block._children.values():
-        yield from _walk(child)
 
 
 def _param_ctx(block) -> mx.Context:

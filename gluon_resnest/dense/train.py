@@ -207,6 +207,17 @@ def _seed(seed: int) -> None:
     mx.random.seed(seed)
 
 
+def _sgd_trainer(params, train: dict, num_images: int):
+    """(SGD trainer with the config's schedule, total iterations) for ``num_images`` per epoch."""
+    iters_per_epoch = max(1, num_images // train["batch_size"])
+    total = train["iterations"] or train["epochs"] * iters_per_epoch
+    trainer = gluon.Trainer(params, "sgd",
+                            {"learning_rate": train["lr"], "wd": train["wd"],
+                             "momentum": train["momentum"],
+                             "lr_scheduler": _lr_scheduler(train, iters_per_epoch, total)})
+    return trainer, total
+
+
 def _iterate(loader, total: int):
     done = 0
     while done < total:
@@ -263,12 +274,7 @@ def _train_detection(cfg: dict, out_dir: str) -> dict:
         batchify = FasterRCNNTrainBatchify(net, 1)
     loader = gluon.data.DataLoader(_Checked(train_set, transform), train["batch_size"],
                                    shuffle=True, batchify_fn=batchify, last_batch="rollover")
-    iters_per_epoch = max(1, len(train_set) // train["batch_size"])
-    total = train["iterations"] or train["epochs"] * iters_per_epoch
-    trainer = gluon.Trainer(net.collect_train_params(), "sgd",
-                            {"learning_rate": train["lr"], "wd": train["wd"],
-                             "momentum": train["momentum"],
-                             "lr_scheduler": _lr_scheduler(train, iters_per_epoch, total)})
+    trainer, total = _sgd_trainer(net.collect_train_params(), train, len(train_set))
     losses = [gluon.loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=False),
               gluon.loss.HuberLoss(rho=1 / 9.0), gluon.loss.SoftmaxCrossEntropyLoss(),
               gluon.loss.HuberLoss()]
@@ -410,12 +416,7 @@ def _train_segmentation(cfg: dict, out_dir: str) -> dict:
     net.hybridize(static_alloc=True)
     loader = gluon.data.DataLoader(train_set, train["batch_size"], shuffle=True,
                                    last_batch="rollover")
-    iters_per_epoch = max(1, len(train_set) // train["batch_size"])
-    total = train["iterations"] or train["epochs"] * iters_per_epoch
-    trainer = gluon.Trainer(net.collect_params(), "sgd",
-                            {"learning_rate": train["lr"], "wd": train["wd"],
-                             "momentum": train["momentum"],
-                             "lr_scheduler": _lr_scheduler(train, iters_per_epoch, total)})
+    trainer, total = _sgd_trainer(net.collect_params(), train, len(train_set))
     criterion = MixSoftmaxCrossEntropyLoss(aux=model["aux"], aux_weight=model["aux_weight"])
     history: List[Dict[str, float]] = []
     start = time.time()
