@@ -15,10 +15,11 @@
   oneDNN's conv+sum fusion gets its calibrated range wrong in ResNeSt's bottleneck (output
   clipped to about half), so quantization runs with that fusion disabled
   (``MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM=1``, in a subprocess when needed); and INT8 grouped
-  convolutions are wrong when the groups' weight ranges differ (the range of the first group
-  is used: 15-60% errors), so a small probe (:func:`grouped_int8_ok`) decides whether grouped
-  convolutions (Split-Attention's) stay FP32. The attention MLP (fc1/fc2 on 1x1 maps)
-  stays FP32 too: it costs almost nothing and would add int8<->fp32 conversions.
+  convolutions are wrong when the groups' weight ranges differ (group g's output comes out
+  scaled by about its range over group 0's: 15-60% errors). When a small probe
+  (:func:`grouped_int8_ok`) finds that defect, :func:`split_grouped_convs` first rewrites each
+  Split-Attention grouped convolution, exactly, into G dense ones, so every convolution runs
+  in INT8. The attention MLP (fc1/fc2 on 1x1 maps) stays FP32: it costs almost nothing.
 * :func:`convert_bf16` uses MXNet AMP with bfloat16 where oneDNN has bf16 kernels
   (:func:`bf16_support`); elsewhere it raises :class:`UnsupportedOnThisCPU`.
 """
@@ -40,7 +41,8 @@ from .resnest import _param_ctx
 
 __all__ = ["ONNX_OPSET", "UnsupportedOnThisCPU", "fold_constants", "export_symbol", "load_symbol",
            "export_onnx", "run_onnx", "generated_images", "folder_images", "calibration_images",
-           "quantize_int8", "graph_transitions", "grouped_int8_ok", "bf16_support",
+           "quantize_int8", "graph_transitions", "grouped_int8_ok", "split_grouped_convs",
+           "bf16_support",
            "convert_bf16"]
 
 #: The ONNX opset written by :func:`export_onnx` (MXNet 1.9.1's newest translation tables).
@@ -340,8 +342,9 @@ def grouped_int8_ok() -> bool:
     Quantizes a 3x3 convolution with 2 groups (32 -> 64 channels) whose second group's
     weights are 3x larger than the first's, as BN folding makes them, and compares with
     FP32: accurate means < 5% relative RMS error (an ungrouped conv gets 1-2%). MXNet 1.9.1
-    fails this (about 60% error in the second group: its weight range follows the first
-    group), so Split-Attention's grouped convolutions then stay FP32.
+    fails this (about 60% error in the second group: its output comes out scaled by the
+    ratio of the groups' weight ranges), so Split-Attention's grouped convolutions are then
+    split into dense ones (:func:`split_grouped_convs`) before quantization.
     """
     if "ok" not in _GROUPED_OK:
         rng = np.random.RandomState(0)
@@ -359,11 +362,130 @@ def grouped_int8_ok() -> bool:
     return _GROUPED_OK["ok"]
 
 
+def _sorted_graph(nodes: List[dict], heads: List[list], attrs: dict) -> Dict[str, Any]:
+    """Graph JSON with the nodes reachable from ``heads`` in topological order."""
+    index: Dict[int, int] = {}
+    order: List[int] = []
+    for head in heads:
+        stack = [(head[0], False)]
+        while stack:
+            k, ready = stack.pop()
+            if k in index:
+                continue
+            if ready:
+                index[k] = len(order)
+                order.append(k)
+                continue
+            stack.append((k, True))
+            stack.extend((e[0], False) for e in reversed(nodes[k]["inputs"]) if e[0] not in index)
+    out = [{**nodes[k], "inputs": [[index[e[0]], e[1], e[2]] for e in nodes[k]["inputs"]]}
+           for k in order]
+    return {"nodes": out, "arg_nodes": [i for i, n in enumerate(out) if n["op"] == "null"],
+            "heads": [[index[h[0]], h[1], h[2]] for h in heads],
+            "attrs": attrs}
+
+
+def split_grouped_convs(prefix: str) -> int:
+    """Rewrite an exported model so Split-Attention's grouped convolution becomes G dense ones.
+
+    Pattern: ``conv(1 group) -> BN -> ReLU [-> Pooling] -> conv(G groups) -> BN -> ReLU`` with
+    no other consumers. Group g of the grouped conv reads input channels ``[g*Ci, (g+1)*Ci)``
+    only, so the producing 1x1 conv, its BN (and the pooling) split into G slices as well:
+    each of the G branches is ``conv -> BN -> ReLU [-> pool] -> conv -> BN -> ReLU`` on
+    sliced weights, and a ``Concat`` joins the G outputs (the same tensor U, exactly, in
+    FP32). Same multiply-adds; no grouped convolution is left for INT8 (MXNet 1.9.1's INT8
+    grouped convolution is wrong, see :func:`grouped_int8_ok`). Returns the number rewritten.
+    """
+    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
+    graph = json.load(open(sym_file))
+    nodes: List[dict] = graph["nodes"]
+    params = mx.nd.load(params_file)
+    users: Dict[int, List[int]] = {}
+    for i, node in enumerate(nodes):
+        for e in node["inputs"]:
+            users.setdefault(e[0], []).append(i)
+
+    def sole_user(i: int, op: str) -> Optional[int]:
+        u = users.get(i, [])
+        return u[0] if len(u) == 1 and nodes[u[0]]["op"] == op else None
+
+    def add(node: dict) -> list:
+        nodes.append(node)
+        return [len(nodes) - 1, 0, 0]
+
+    def sliced(entry: list, lo: int, hi: int, g: int) -> list:
+        """A new parameter node: rows lo:hi of the parameter (or aux state) ``entry``."""
+        name = nodes[entry[0]]["name"]
+        kind = "arg" if f"arg:{name}" in params else "aux"
+        params[f"{kind}:{name}_g{g}"] = params[f"{kind}:{name}"][lo:hi].copy()
+        return add({"op": "null", "name": f"{name}_g{g}", "inputs": []})
+
+    def copy(i: int, data: list, g: int, lo: int, hi: int, **attrs: str) -> list:
+        node = nodes[i]
+        inputs = [data] + [sliced(e, lo, hi, g) for e in node["inputs"][1:]]
+        return add({"op": node["op"], "name": f"{node['name']}_g{g}",
+                    "attrs": {**node.get("attrs", {}), **attrs}, "inputs": inputs})
+
+    def producer(i: int, op: str) -> Optional[int]:
+        """The node feeding ``i``, if it is an ``op`` whose only user is ``i``."""
+        j = nodes[i]["inputs"][0][0] if nodes[i]["inputs"] else None
+        return j if j is not None and nodes[j]["op"] == op and len(users[j]) == 1 else None
+
+    redirect: Dict[int, list] = {}
+    for i in range(len(nodes)):
+        conv = nodes[i]
+        groups = int(conv.get("attrs", {}).get("num_group", 1))
+        if conv["op"] != "Convolution" or groups == 1:
+            continue
+        pools, relu1 = [], producer(i, "Activation")
+        j = i
+        while relu1 is None and producer(j, "Pooling") is not None:
+            j = producer(j, "Pooling")
+            pools.append(j)
+            relu1 = producer(j, "Activation")
+        bn1 = producer(relu1, "BatchNorm") if relu1 is not None else None
+        conv1 = producer(bn1, "Convolution") if bn1 is not None else None
+        bn2 = sole_user(i, "BatchNorm")
+        relu2 = sole_user(bn2, "Activation") if bn2 is not None else None
+        if conv1 is None or relu2 is None or int(nodes[conv1]["attrs"].get("num_group", 1)) != 1:
+            continue
+        c_in = int(nodes[conv1]["attrs"]["num_filter"]) // groups
+        c_out = int(conv["attrs"]["num_filter"]) // groups
+        parts = []
+        for g in range(groups):
+            lo, hi = g * c_in, (g + 1) * c_in
+            x = copy(conv1, nodes[conv1]["inputs"][0], g, lo, hi, num_filter=str(c_in))
+            x = copy(bn1, x, g, lo, hi)
+            x = copy(relu1, x, g, lo, hi)
+            for p in reversed(pools):
+                x = copy(p, x, g, lo, hi)
+            lo, hi = g * c_out, (g + 1) * c_out
+            x = copy(i, x, g, lo, hi, num_filter=str(c_out), num_group="1")
+            x = copy(bn2, x, g, lo, hi)
+            parts.append(copy(relu2, x, g, lo, hi))
+        redirect[relu2] = add({"op": "Concat", "name": f"{nodes[relu2]['name']}_concat",
+                               "attrs": {"dim": "1", "num_args": str(groups)}, "inputs": parts})
+    if not redirect:
+        return 0
+    for node in nodes:
+        node["inputs"] = [redirect.get(e[0], e) for e in node["inputs"]]
+    heads = [redirect.get(h[0], h) for h in graph["heads"]]
+    sym = mx.sym.load_json(json.dumps(_sorted_graph(nodes, heads, graph.get("attrs", {}))))
+    sym.save(sym_file)
+    keep = {f"arg:{n}" for n in sym.list_arguments()} | {
+        f"aux:{n}" for n in sym.list_auxiliary_states()}
+    mx.nd.save(params_file, {k: v for k, v in params.items() if k in keep})
+    return len(redirect)
+
+
+#: Split-Attention's GAP and attention MLP (fc1, fc2), kept FP32.
+_ATTENTION = re.compile(r"splitattention\d+_(pooling0|conv[12])(_|$)")
+
+
 def _fp32_layers(sym: mx.sym.Symbol, keep_grouped: bool) -> List[str]:
     """Names (after oneDNN fusion) of the layers kept in FP32: Split-Attention's GAP and MLP,
     and every grouped convolution when ``keep_grouped``."""
     fused = sym.get_backend_symbol("MKLDNN_QUANTIZE")
-    attention = re.compile(r"splitattention\d+_(pooling0|conv[12])(_|$)")
     names = []
     for node in json.loads(fused.tojson())["nodes"]:
         if node["op"] == "null":
@@ -371,7 +493,7 @@ def _fp32_layers(sym: mx.sym.Symbol, keep_grouped: bool) -> List[str]:
         inner = node["subgraphs"][0]["nodes"] if node.get("subgraphs") else [node]
         grouped = any(m["op"] == "Convolution" and int(m.get("attrs", {}).get("num_group", 1)) > 1
                       for m in inner)
-        if any(attention.search(m["name"]) for m in inner) or (keep_grouped and grouped):
+        if any(_ATTENTION.search(m["name"]) for m in inner) or (keep_grouped and grouped):
             names.append(node["name"])
     return names
 
@@ -398,8 +520,9 @@ SUM_FUSION_VAR = "MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM"
 def _quantize_prefix(prefix: str, images: np.ndarray, out: str, calib_mode: str,
                      exclude: Sequence[str], batch_size: int) -> Dict[str, Any]:
     """Quantize the exported FP32 model ``prefix`` into ``out`` (this process)."""
-    sym, _, _ = mx.model.load_checkpoint(prefix, 0)
     keep_grouped = not grouped_int8_ok()
+    split = split_grouped_convs(prefix) if keep_grouped else 0
+    sym, _, _ = mx.model.load_checkpoint(prefix, 0)
     layers = _fp32_layers(sym, keep_grouped) + list(exclude)
     fp32 = load_symbol(prefix)
     fp32.hybridize(static_alloc=True, static_shape=True)
@@ -407,7 +530,11 @@ def _quantize_prefix(prefix: str, images: np.ndarray, out: str, calib_mode: str,
     q.hybridize(static_alloc=True, static_shape=True)
     q(mx.nd.array(images[:1]))
     q.export(out, 0)
-    return {"fp32_layers": layers, "grouped_conv_fp32": keep_grouped}
+    left = sum(1 for n in json.loads(sym.tojson())["nodes"]
+               if n["op"] == "Convolution" and int(n["attrs"].get("num_group", 1)) > 1
+               and not _ATTENTION.search(n["name"]))
+    return {"fp32_layers": layers, "grouped_conv_split": split,
+            "grouped_conv_fp32": left if keep_grouped else 0}
 
 
 def _child(job_file: str) -> None:
@@ -428,7 +555,7 @@ def quantize_int8(net: HybridBlock, calib: Union[str, np.ndarray] = "generated",
     ``num_calib`` images at ``size`` (default: the variant's input size) are used.
     ``calib_mode``: ``'naive'`` (min/max) or ``'entropy'`` (KL). ``exclude``: more layer names
     (after oneDNN fusion) to keep in FP32. Returns a SymbolBlock with input ``data``;
-    ``block.int8_info`` records what stayed FP32.
+    ``block.int8_info`` records what stayed FP32 and how many grouped convolutions were split.
 
     MXNet reads ``MXNET_DISABLE_MKLDNN_FUSE_CONV_SUM`` once, when it is imported. Unless it
     was ``1`` then, the quantization runs in a subprocess that has it (a few seconds more);
@@ -537,7 +664,9 @@ def describe(info: Dict[str, Any]) -> str:
     """One line for ``int8_info``."""
     return (f"calibration: {info['calibration']} ({info['num_calib']} images, "
             f"{info['calib_mode']}); FP32 layers: {len(info['fp32_layers'])}"
-            + (" (grouped convolutions kept FP32: MXNet's INT8 grouped conv is inaccurate)"
+            + (f"; {info['grouped_conv_split']} grouped convolutions split into dense ones "
+               "(MXNet's INT8 grouped conv is inaccurate)" if info["grouped_conv_split"] else "")
+            + (f"; {info['grouped_conv_fp32']} grouped convolutions kept FP32"
                if info["grouped_conv_fp32"] else ""))
 
 

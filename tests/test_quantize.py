@@ -82,7 +82,10 @@ def test_int8_agrees_with_fp32_on_real_digits(digits_model):
     assert len(kept) >= 3 * blocks
     for layer in kept:
         assert layer in nodes and f"quantized_{layer}" not in nodes
-    assert q.int8_info["grouped_conv_fp32"] == (not ex.grouped_int8_ok())
+    # MXNet's INT8 grouped conv is wrong here, so every Split-Attention conv is split into
+    # dense ones and all convolutions run in INT8 (none is left grouped in FP32)
+    assert q.int8_info["grouped_conv_split"] == (0 if ex.grouped_int8_ok() else blocks)
+    assert q.int8_info["grouped_conv_fp32"] == 0
 
 
 def test_int8_calibration_from_a_folder(digits_model, tmp_path):
@@ -119,6 +122,38 @@ def test_grouped_conv_probe_detects_wrong_int8():
     q = ex._quantize(net, xin, [], "naive", 4)
     err = ex._rel_rms(q(mx.nd.array(xin)).asnumpy(), ref)
     assert (err < 0.05) == ex.grouped_int8_ok(), err
+
+
+@pytest.mark.parametrize("name, blocks, groups", [
+    ("resnest14", 4, 2),                     # radix 2, avd pool after the 3x3 conv
+    ("resnest50_fast_2s2x40d", 16, 4),       # radix 2 x cardinality 2, avd pool before it
+])
+def test_split_grouped_convs_is_exact(tmp_path, name, blocks, groups):
+    """The rewrite for INT8 gives the same FP32 outputs as the network, with no grouped 3x3
+    conv left and one Concat per Split-Attention block."""
+    net = build(name, classes=10)
+    net.initialize(mx.init.MSRAPrelu())
+    rng = np.random.RandomState(0)
+    for key, p in net._collect_params_with_prefix().items():   # non-trivial BN per channel
+        if key.endswith(("gamma", "running_var")):
+            p.set_data(mx.nd.array(rng.uniform(0.3, 2.0, p.shape)))
+        elif key.endswith(("beta", "running_mean")):
+            p.set_data(mx.nd.array(rng.normal(0, 0.2, p.shape)))
+    x = mx.nd.array(rng.normal(size=(3, 3, SIZE, SIZE)))
+    ref = net(x).asnumpy()
+    prefix = str(tmp_path / "m")
+    ex.export_symbol(net, prefix, SIZE)
+    assert ex.split_grouped_convs(prefix) == blocks
+    nodes = json.load(open(prefix + "-symbol.json"))["nodes"]
+    grouped = [n["name"] for n in nodes if n["op"] == "Convolution"
+               and int(n["attrs"].get("num_group", 1)) > 1]
+    # only the attention MLP (fc1/fc2 on 1x1 maps, cardinality groups) stays grouped
+    assert all(re.search(r"splitattention\d+_conv[12]_fwd$", g) for g in grouped), grouped
+    concats = [n for n in nodes if n["op"] == "Concat"]
+    assert len(concats) == blocks and all(len(n["inputs"]) == groups for n in concats)
+    out = ex.load_symbol(prefix)(x).asnumpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert ex.split_grouped_convs(prefix) == 0            # nothing grouped is left
 
 
 def test_generated_images_are_deterministic_and_normalised():
