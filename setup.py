@@ -1,5 +1,23 @@
 """gluon_resnest: ResNeSt (Split-Attention Networks) for MXNet Gluon / GluonCV."""
+import glob
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithConfigs(build_py):
+    """Wheels carry the top-level configs/ as gluon_resnest/configs (an editable install
+    reads configs/ from the checkout)."""
+
+    def run(self):
+        super().run()
+        for src in glob.glob(os.path.join("configs", "**", "*.yaml"), recursive=True):
+            dest = os.path.join(self.build_lib, "gluon_resnest", src)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(src, dest)
+
 
 # MXNet 1.9.1 (its last release) imports only with numpy < 1.24; the rest is pinned to builds
 # that work with that numpy on Python 3.11.
@@ -45,4 +63,5 @@ setup(
     },
     entry_points={"console_scripts": ["gluon-resnest=gluon_resnest.cli:main"]},
     include_package_data=True,
+    cmdclass={"build_py": BuildWithConfigs},
 )

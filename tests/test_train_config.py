@@ -129,3 +129,26 @@ def test_format_config_round_trips():
     import yaml
     cfg = C.load_config("demo")
     assert C.resolve(yaml.safe_load(C.format_config(cfg))) == cfg
+
+
+def test_a_built_package_carries_the_configs(tmp_path):
+    """`setup.py build_py` (what a wheel is made from) copies configs/ into the package, and
+    config names resolve from that copy outside the checkout."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
+                   cwd=root, check=True, capture_output=True)
+    shipped = sorted(os.path.relpath(os.path.join(d, f), lib / "gluon_resnest" / "configs")
+                     for d, _, fs in os.walk(lib / "gluon_resnest" / "configs") for f in fs)
+    in_repo = sorted(os.path.relpath(os.path.join(d, f), os.path.join(root, "configs"))
+                     for d, _, fs in os.walk(os.path.join(root, "configs")) for f in fs
+                     if f.endswith(".yaml"))
+    assert shipped == in_repo and "demo.yaml" in shipped
+    code = ("from gluon_resnest.train.config import find_config; "
+            "print(find_config('demo')); print(find_config('imagenet/resnest50'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(lib)}).stdout
+    assert out.split() == [str(lib / "gluon_resnest" / "configs" / "demo.yaml"),
+                           str(lib / "gluon_resnest" / "configs" / "imagenet" / "resnest50.yaml")]

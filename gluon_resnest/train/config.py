@@ -299,10 +299,12 @@ def _check_values(cfg: Dict[str, Any]) -> None:
 
 
 def config_dirs() -> List[str]:
-    """Where config names are looked up: ./configs, then the project's configs/ folder."""
+    """Where config names are looked up: ./configs, the checkout's configs/ (editable install),
+    then the copy a wheel carries in the package (gluon_resnest/configs)."""
     here = os.path.dirname(os.path.abspath(__file__))
     dirs = [os.path.join(os.getcwd(), "configs"),
-            os.path.normpath(os.path.join(here, "..", "..", "configs"))]
+            os.path.normpath(os.path.join(here, "..", "..", "configs")),
+            os.path.normpath(os.path.join(here, "..", "configs"))]
     return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
 
 
