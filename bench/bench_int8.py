@@ -161,18 +161,14 @@ def markdown(res: dict) -> str:
     lines = [f"# INT8 vs FP32 ({res['date']})", "", "## Top-1 agreement with FP32", "",
              "| model | calibration / protocol | agreement | rel. RMS logits | accuracy fp32 -> int8 "
              "| int8<->fp32 nodes |", "|---|---|---|---|---|---|"]
-    for name, r in res["demo"].items():
-        g = r["graph"]
-        lines.append(f"| trained demo (resnest14-style, 360 val digits) | {name} | "
-                     f"{100 * r['top1_agreement']:.2f} % | {r['rel_rms_logits']:.3f} | "
-                     f"{100 * r['fp32_accuracy']:.2f} % -> {100 * r['int8_accuracy']:.2f} % | "
-                     f"{g['quantize']} q / {g['dequantize']} dq |")
-    for name, r in res["probe"].items():
-        g = r["graph"]
-        lines.append(f"| {name} (64 px, 797 digits) | linear probe | "
-                     f"{100 * r['top1_agreement']:.2f} % | {r['rel_rms_logits']:.3f} | "
-                     f"{100 * r['fp32_accuracy']:.2f} % -> {100 * r['int8_accuracy']:.2f} % | "
-                     f"{g['quantize']} q / {g['dequantize']} dq |")
+    rows = [("trained demo (resnest14-style, 360 val digits)", name, r)
+            for name, r in res["demo"].items()]
+    rows += [(f"{name} (64 px, 797 digits)", "linear probe", r) for name, r in res["probe"].items()]
+    for model, how, r in rows:
+        lines.append(f"| {model} | {how} | {100 * r['top1_agreement']:.2f} % | "
+                     f"{r['rel_rms_logits']:.3f} | {100 * r['fp32_accuracy']:.2f} % -> "
+                     f"{100 * r['int8_accuracy']:.2f} % | {r['graph']['quantize']} q / "
+                     f"{r['graph']['dequantize']} dq |")
     if res.get("speed"):
         t = res["speed"]
         lines += ["", "## Speed, batch 16, 224 px (images/s, medians)", "",
