@@ -16,7 +16,9 @@ inside it group k holds channels [k*C/K, (k+1)*C/K). ``fc2`` outputs R*C channel
 
 Speed: the radix sum and the weighted sum use ``split`` + ``add_n`` and a
 channel-scale helper instead of 5-D ``reshape``/``sum``/``broadcast_mul``; MXNet's
-generic 5-D reductions cost more than all convolutions of the network on a CPU.
+generic 5-D reductions cost more than all convolutions of the network on a CPU. U is split
+before the weighting (R products of C channels, not one of R*C then a split): with oneDNN
+that is faster and keeps about half the inference memory.
 """
 from __future__ import annotations
 
@@ -137,8 +139,8 @@ class SplitAttention(HybridBlock):
         if R > 1:                                              # (2) softmax over the R splits
             g = F.swapaxes(g.reshape((0, K, R, -1)), 1, 2)     # (N, R, K, C/K)
             a = F.softmax(g, axis=1).reshape((0, -1, 1, 1))    # radix-major (N, R*C, 1, 1)
-            weighted = channel_scale(F, x, a)                  # a_i(c) U_i, all splits at once
-            return F.add_n(*F.split(weighted, num_outputs=R, axis=1))   # (3) V = sum_i a_i U_i
+            splits, weights = F.split(x, num_outputs=R, axis=1), F.split(a, num_outputs=R, axis=1)
+            return F.add_n(*[channel_scale(F, u, w) for u, w in zip(splits, weights)])  # (3)
         return channel_scale(F, x, F.sigmoid(g))               # R = 1: SE-like gate
 
     def __repr__(self) -> str:
