@@ -7,20 +7,17 @@ Our converted network must give the same logits to 1e-4 relative to the logits' 
 ``|ours - torch| <= 1e-4 * max(1, max|torch|)`` (logits here are O(1)-O(10); float32 sums
 over up to 89 blocks differ in the last bits between the two frameworks).
 
-Running timm here: PyPI's torchvision for x86_64 is a CUDA build whose C extension cannot load
-next to the CPU torch wheel, and its ``import`` then dies in ``torchvision._meta_registrations``,
-which registers fake (meta) kernels for the missing C++ ops (nms, roi_align, ...). timm only
-uses torchvision's pure-Python parts (transforms, ``ops.misc.FrozenBatchNorm2d``), so
-:func:`import_timm` retries the import with that one module stubbed out. Nothing else is
-changed, and only when that exact failure happens; with a matching torchvision it does nothing.
+Running timm here needs a workaround for PyPI's CUDA torchvision next to the CPU torch wheel:
+:func:`gluon_resnest._compat.import_timm` explains it.
 """
+import importlib.util
 import sys
-import types
 
 import mxnet as mx
 import numpy as np
 import pytest
 
+from gluon_resnest import _compat
 from gluon_resnest.cli import main
 from gluon_resnest.convert import (
     TIMM_NAMES,
@@ -46,18 +43,9 @@ def import_torch():
 
 def import_timm():
     import_torch()
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:  # CUDA torchvision next to CPU torch, see the module doc
-        if "torchvision::" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        stub = types.ModuleType("torchvision._meta_registrations")
-        sys.modules["torchvision._meta_registrations"] = stub
-    except ImportError:
-        pass
-    return pytest.importorskip("timm", reason=EXTRA + "timm is not installed")
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip(EXTRA + "timm is not installed")
+    return _compat.import_timm()
 
 
 def randomize_torch(model, seed=0):
