@@ -62,6 +62,22 @@ def test_fpn_levels():
     assert [o.shape for o in outs] == [(1, 64, 128 // s, 192 // s) for s in (4, 8, 16, 32, 64)]
 
 
+def test_fresh_detector_initialisation():
+    """The R-CNN classifier starts at the sampler's class frequencies; the FPN convolutions get
+    the Xavier(uniform, in, 1) GluonCV's FPN declares (MXNet drops it from the symbol)."""
+    net = _small_net()
+    net(mx.nd.zeros((1, 3, 128, 128)))                        # finish deferred shapes
+    pos = round(SMALL["num_sample"] * 0.25) / SMALL["num_sample"]   # GluonCV's pos_ratio 0.25
+    prior = np.array([1 - pos] + [pos / len(SHAPES)] * len(SHAPES))
+    bias = net.class_predictor.bias.data().asnumpy()
+    np.testing.assert_allclose(np.exp(bias) / np.exp(bias).sum(), prior, rtol=1e-5)
+    for name, p in net.features.collect_params().items():
+        if name.startswith("P") and name.endswith("weight"):
+            w = p.data().asnumpy()
+            bound = np.sqrt(1.0 / w[0].size)                 # sqrt(magnitude / fan_in)
+            assert np.abs(w).max() <= bound and 0.9 < w.std() * np.sqrt(3) / bound < 1.1, name
+
+
 def test_gluoncv_detection_weights_load_into_ours(tmp_path):
     """GluonCV's own faster_rcnn_fpn_syncbn_resnest50_coco file (random weights here) loads
     strictly into ours and gives the same feature pyramid (its backbone uses MXNet's auto
@@ -153,22 +169,21 @@ def test_empty_annotation_sets_in_training_data():
 
 
 def _assert_same_detections(got, expected):
-    """Equal detections up to the order of (near-)tied scores, which sorting may swap."""
+    """Equal detections up to the order of (near-)tied scores, which sorting may swap: each
+    valid expected row is matched to the nearest (id, score, box) row of ``got``."""
     got = [o[0].asnumpy() for o in got]
     expected = [o[0].asnumpy() for o in expected]
     for a in got:
         assert np.isfinite(a).all()
-    s_got, s_exp = got[1][:, 0], expected[1][:, 0]
-    np.testing.assert_allclose(np.sort(s_got), np.sort(s_exp), rtol=1e-4, atol=1e-4)
-    checked = 0
-    for j, score in enumerate(s_exp):
-        if score <= 0 or (np.abs(s_exp - score) < 1e-3).sum() > 1:
-            continue                                     # invalid row or a tie
-        i = int(np.argmin(np.abs(s_got - score)))
+    np.testing.assert_allclose(np.sort(got[1][:, 0]), np.sort(expected[1][:, 0]),
+                               rtol=1e-4, atol=1e-4)
+    rows_got, rows_exp = (np.concatenate(o[:3], axis=1) for o in (got, expected))
+    valid = np.nonzero(expected[1][:, 0] > 0)[0]
+    assert len(valid) > 0
+    for j in valid:
+        i = int(np.argmin(np.abs(rows_got - rows_exp[j]).max(axis=1)))
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a[i], b[j], rtol=1e-3, atol=1e-3)
-        checked += 1
-    assert checked > 0
 
 
 def _check_export(net, tmp_path, name):
@@ -199,12 +214,15 @@ def test_faster_rcnn_trains_on_shapes(tmp_path):
     hist = res["loss_history"]
     totals, rpn = [h["total"] for h in hist], _rpn(hist)
     assert np.isfinite(totals).all() and len(totals) == 40 - res["skipped"] >= 36
-    # from scratch the RPN learns first (its losses fall several-fold); the R-CNN head's
-    # losses rise when the RPN starts proposing objects (harder positive RoIs), so the total
-    # is compared with the untrained start, and learning is checked on held-out images
-    assert np.mean(rpn[-10:]) < 0.4 * rpn[0], rpn
-    assert np.mean(totals[-10:]) < 0.8 * totals[0], totals
-    assert res["metrics"]["mAP"] > res["metrics_before"]["mAP"] + 0.03, res["metrics"]
+    # From scratch the RPN learns first: its losses fall several-fold. The R-CNN head's losses
+    # then rise: the first iterations' only positive RoIs are the ground-truth boxes themselves
+    # (box target 0), and once the RPN proposes the objects up to a quarter of the sampled RoIs
+    # are positives with real class and box targets. Measured, the total does not fall in a few
+    # dozen iterations (nor after an RPN-only warm-up: the head's loss then starts at its
+    # untrained level and stays there for 40 iterations), so learning is checked by the RPN's
+    # losses and on held-out images.
+    assert np.mean(rpn[-10:]) < 0.35 * np.mean(rpn[:5]), rpn
+    assert res["metrics"]["mAP"] > max(0.1, res["metrics_before"]["mAP"] + 0.08), res["metrics"]
     net = faster_rcnn_fpn("resnest50", "custom", classes=list(SHAPES), norm="gn",
                           pretrained_base=False, **SMALL)
     detection.load_detector(net, res["params"])
@@ -225,6 +243,8 @@ def test_mask_rcnn_trains_on_shapes(tmp_path):
     assert np.mean(totals[-10:]) < 0.6 * np.mean(totals[:5]), totals
     assert np.mean(masks[-10:]) < 0.8 * np.mean(masks[:5]), masks
     assert np.mean(rpn[-10:]) < 0.5 * rpn[0], rpn
+    # box mAP after 40 iterations varies from run to run (measured 0.0 and 0.11), and the mask
+    # mIoU is still at the all-background level, so neither is asserted beyond its range
     assert 0.0 <= res["metrics"]["mask_mIoU"] <= 1.0
     net = mask_rcnn_fpn("resnest50", "custom", classes=list(SHAPES), norm="gn",
                         pretrained_base=False, rcnn_max_dets=16, **SMALL)

@@ -107,7 +107,10 @@ def test_deeplab_trains_on_shapes_and_exports(tmp_path):
                                "log_interval": 0}}, str(tmp_path))
     totals = [h["total"] for h in res["loss_history"]]
     assert np.isfinite(totals).all() and len(totals) == 20
-    assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:3]), totals
+    assert np.mean(totals[-10:]) < 0.7 * np.mean(totals[:5]), totals
+    # What 20 iterations from scratch learn is mostly the class frequencies: the validation
+    # prediction becomes (nearly) all background, whose pixel accuracy is the background share.
+    # Segmenting the shapes themselves takes longer than this test's budget.
     assert res["metrics"]["pixAcc"] > res["metrics_before"]["pixAcc"] + 0.1, res["metrics"]
 
     # the exported inference graph reproduces the imperative network

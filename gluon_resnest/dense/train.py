@@ -12,8 +12,9 @@ Config (YAML in ``configs/detection`` and ``configs/segmentation``; see :data:`D
     task: detection | segmentation
     model: {arch, backbone, norm, pretrained_base, kwargs}
     data:  {dataset, root, num_train, num_val, image_size, seed, base_size, crop_size}
-    train: {iterations | epochs, batch_size, lr, lr_mode, warmup_iters, momentum, wd,
-            clip_gradient, eval_before, export, ...}
+    train: {iterations | epochs, batch_size, lr, lr_mode, lr_decay_epochs, warmup_iters,
+            warmup_factor, momentum, wd, clip_gradient, eval_before, export, ...}
+           detection also: rpn_smoothl1_rho, rcnn_smoothl1_rho (GluonCV's HuberLoss rho)
 
 Also a command: ``python -m gluon_resnest.dense.train --task detection --config FILE --out DIR``.
 """
@@ -49,8 +50,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                  "image_size": 128, "seed": 0},
         "train": {"iterations": 60, "epochs": None, "batch_size": 1, "lr": 0.01,
                   "lr_mode": "step", "lr_decay_epochs": [], "lr_decay": 0.1, "warmup_iters": 0,
-                  "momentum": 0.9, "wd": 1e-4, "log_interval": 10, "seed": 0,
-                  "export": True, "eval_before": True, "clip_gradient": None},
+                  "warmup_factor": 1 / 3, "momentum": 0.9, "wd": 1e-4, "log_interval": 10,
+                  "seed": 0, "export": True, "eval_before": True, "clip_gradient": None,
+                  "rpn_smoothl1_rho": 1 / 9, "rcnn_smoothl1_rho": 1.0},
     },
     "segmentation": {
         "task": "segmentation",
@@ -60,7 +62,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                  "image_size": 96, "seed": 0, "base_size": 96, "crop_size": 96},
         "train": {"iterations": 40, "epochs": None, "batch_size": 2, "lr": 0.01,
                   "lr_mode": "poly", "lr_decay_epochs": [], "lr_decay": 0.1, "warmup_iters": 0,
-                  "momentum": 0.9, "wd": 1e-4, "log_interval": 10, "seed": 0,
+                  "warmup_factor": 1 / 3, "momentum": 0.9, "wd": 1e-4, "log_interval": 10, "seed": 0,
                   "export": True, "eval_before": True, "clip_gradient": None},
     },
 }
@@ -197,7 +199,7 @@ def _lr_scheduler(train: dict, iters_per_epoch: int, total_iters: int):
                        step_factor=train["lr_decay"], power=0.9)
     if warm <= 0:
         return main
-    return LRSequential([LRScheduler("linear", base_lr=train["lr"] * 0.1,
+    return LRSequential([LRScheduler("linear", base_lr=train["lr"] * train["warmup_factor"],
                                      target_lr=train["lr"], niters=warm), main])
 
 
@@ -211,9 +213,8 @@ def _sgd_trainer(params, train: dict, num_images: int):
     """(SGD trainer with the config's schedule, total iterations) for ``num_images`` per epoch."""
     iters_per_epoch = max(1, num_images // train["batch_size"])
     total = train["iterations"] or train["epochs"] * iters_per_epoch
-    trainer = gluon.Trainer(params, "sgd",
-                            {"learning_rate": train["lr"], "wd": train["wd"],
-                             "momentum": train["momentum"],
+    trainer = gluon.Trainer(params, "sgd",           # the schedule starts at its own lr
+                            {"wd": train["wd"], "momentum": train["momentum"],
                              "lr_scheduler": _lr_scheduler(train, iters_per_epoch, total)})
     return trainer, total
 
@@ -274,10 +275,10 @@ def _train_detection(cfg: dict, out_dir: str) -> dict:
         batchify = FasterRCNNTrainBatchify(net, 1)
     loader = gluon.data.DataLoader(_Checked(train_set, transform), train["batch_size"],
                                    shuffle=True, batchify_fn=batchify, last_batch="rollover")
-    trainer, total = _sgd_trainer(net.collect_train_params(), train, len(train_set))
     losses = [gluon.loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=False),
-              gluon.loss.HuberLoss(rho=1 / 9.0), gluon.loss.SoftmaxCrossEntropyLoss(),
-              gluon.loss.HuberLoss()]
+              gluon.loss.HuberLoss(rho=train["rpn_smoothl1_rho"]),
+              gluon.loss.SoftmaxCrossEntropyLoss(), gluon.loss.HuberLoss(rho=train["rcnn_smoothl1_rho"])]
+    trainer, total = _sgd_trainer(net.collect_train_params(), train, len(train_set))
     if masks:
         task = MaskTask(net, trainer, *losses, gluon.loss.SigmoidBinaryCrossEntropyLoss(),
                         False)
