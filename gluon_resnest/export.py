@@ -83,6 +83,22 @@ _CONSTANT_OPS = ("_full", "_zeros", "_ones")
 _IDENTITY_OPS = ("BlockGrad", "stop_gradient", "identity", "_copy")
 
 
+def _load_model(prefix: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(graph JSON dict, parameters) of an exported model, for a rewrite."""
+    with open(f"{prefix}-symbol.json") as f:
+        return json.load(f), mx.nd.load(f"{prefix}-0000.params")
+
+
+def _save_model(prefix: str, graph: Dict[str, Any], params: Dict[str, Any]) -> None:
+    """Write a rewritten graph (JSON dict) and the parameters it still uses to ``prefix``.
+    Re-serialising through MXNet drops unreachable nodes."""
+    sym = mx.sym.load_json(json.dumps(graph))
+    sym.save(f"{prefix}-symbol.json")
+    keep = {f"arg:{n}" for n in sym.list_arguments()} | {
+        f"aux:{n}" for n in sym.list_auxiliary_states()}
+    mx.nd.save(f"{prefix}-0000.params", {k: v for k, v in params.items() if k in keep})
+
+
 def fold_constants(prefix: str) -> int:
     """Rewrite an exported model so in-graph constants become parameters.
 
@@ -92,10 +108,8 @@ def fold_constants(prefix: str) -> int:
     INT8 quantization need weights to be parameters. Returns the number of nodes changed.
     """
     import ast
-    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
-    graph = json.load(open(sym_file))
+    graph, params = _load_model(prefix)
     nodes = graph["nodes"]
-    params = mx.nd.load(params_file)
     changed = 0
     for i, node in enumerate(nodes):
         if node["op"] in _CONSTANT_OPS and not node["inputs"]:
@@ -119,11 +133,7 @@ def fold_constants(prefix: str) -> int:
     graph["heads"] = [follow(e) for e in graph["heads"]]
     changed += len(source)
     if changed:
-        sym = mx.sym.load_json(json.dumps(graph))  # re-serialised: unreachable nodes dropped
-        sym.save(sym_file)
-        keep = {f"arg:{n}" for n in sym.list_arguments()} | {
-            f"aux:{n}" for n in sym.list_auxiliary_states()}
-        mx.nd.save(params_file, {k: v for k, v in params.items() if k in keep})
+        _save_model(prefix, graph, params)
     return changed
 
 
@@ -396,10 +406,8 @@ def split_grouped_convs(prefix: str) -> int:
     FP32). Same multiply-adds; no grouped convolution is left for INT8 (MXNet 1.9.1's INT8
     grouped convolution is wrong, see :func:`grouped_int8_ok`). Returns the number rewritten.
     """
-    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
-    graph = json.load(open(sym_file))
+    graph, params = _load_model(prefix)
     nodes: List[dict] = graph["nodes"]
-    params = mx.nd.load(params_file)
     users: Dict[int, List[int]] = {}
     for i, node in enumerate(nodes):
         for e in node["inputs"]:
@@ -470,11 +478,7 @@ def split_grouped_convs(prefix: str) -> int:
     for node in nodes:
         node["inputs"] = [redirect.get(e[0], e) for e in node["inputs"]]
     heads = [redirect.get(h[0], h) for h in graph["heads"]]
-    sym = mx.sym.load_json(json.dumps(_sorted_graph(nodes, heads, graph.get("attrs", {}))))
-    sym.save(sym_file)
-    keep = {f"arg:{n}" for n in sym.list_arguments()} | {
-        f"aux:{n}" for n in sym.list_auxiliary_states()}
-    mx.nd.save(params_file, {k: v for k, v in params.items() if k in keep})
+    _save_model(prefix, _sorted_graph(nodes, heads, graph.get("attrs", {})), params)
     return len(redirect)
 
 
