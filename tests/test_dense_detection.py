@@ -1,9 +1,9 @@
 """Faster/Mask R-CNN + FPN on ResNeSt: taps, GluonCV weight compatibility, bad input, training.
 
 Reduced settings for the 2-core CPU budget (the backbone is the full ResNeSt-50, randomly
-initialised): 128x128 images, batch 1, 128 RPN proposals after NMS in training (64 at test),
-64 sampled RoIs, FPN and box head 128 channels (2 convs), 256-unit box FC, GroupNorm instead of
-SyncBatchNorm (one image per step), 30-40 iterations.
+initialised): 96x96 images in training (128x128 elsewhere), batch 1, 128 RPN proposals after NMS
+in training (64 at test), 64 sampled RoIs, FPN and box head 128 channels (2 convs), 256-unit box
+FC, GroupNorm instead of SyncBatchNorm (one image per step), 40-120 iterations.
 """
 import os
 import warnings
@@ -187,8 +187,13 @@ def _assert_same_detections(got, expected):
 
 
 def _check_export(net, tmp_path, name):
-    """The hybridized net exports; the exported graph gives the net's own detections."""
-    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (1, 3, 128, 128)))
+    """The hybridized net exports; the exported graph gives the net's own detections on a
+    validation image of the shapes set (noise can leave a trained detector with none)."""
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultValTransform
+
+    from gluon_resnest.dense.synthetic import ShapesDetection
+    img, label = ShapesDetection(1, "val", image_size=128)[0]
+    x = FasterRCNNDefaultValTransform(128, 128)(img, label)[0].expand_dims(0)
     net.hybridize(static_alloc=True)
     with autograd.predict_mode():
         expected = net(x)
@@ -209,20 +214,21 @@ def _rpn(history):
 
 @pytest.mark.slow
 def test_faster_rcnn_trains_on_shapes(tmp_path):
-    res = train.run({"task": "detection", "train": {"iterations": 40, "log_interval": 0,
-                                                    "export": False}}, str(tmp_path))
+    # the demo's defaults: 96 px, 120 iterations, fresh residual blocks start as the identity
+    res = train.run({"task": "detection", "train": {"log_interval": 0, "export": False}},
+                    str(tmp_path))
     hist = res["loss_history"]
+    n = res["config"]["train"]["iterations"]
     totals, rpn = [h["total"] for h in hist], _rpn(hist)
-    assert np.isfinite(totals).all() and len(totals) == 40 - res["skipped"] >= 36
-    # From scratch the RPN learns first: its losses fall several-fold. The R-CNN head's losses
-    # then rise: the first iterations' only positive RoIs are the ground-truth boxes themselves
-    # (box target 0), and once the RPN proposes the objects up to a quarter of the sampled RoIs
-    # are positives with real class and box targets. Measured, the total does not fall in a few
-    # dozen iterations (nor after an RPN-only warm-up: the head's loss then starts at its
-    # untrained level and stays there for 40 iterations), so learning is checked by the RPN's
-    # losses and on held-out images.
+    assert np.isfinite(totals).all() and len(totals) == n - res["skipped"] >= n - 4
+    # The RPN learns first (its losses fall several-fold); the R-CNN head's losses rise while
+    # it does: at first the only positive RoIs are the ground-truth boxes (box target 0), then
+    # up to a quarter of the sampled RoIs are proposals with real targets. From scratch with
+    # last_gamma the head then learns them too, and over 120 iterations the total falls
+    # (measured: 1.38 -> 0.79 and 1.46 -> 0.78 for seeds 0 and 1, first 5 vs last 10).
+    assert np.mean(totals[-10:]) < 0.75 * np.mean(totals[:5]), totals
     assert np.mean(rpn[-10:]) < 0.35 * np.mean(rpn[:5]), rpn
-    assert res["metrics"]["mAP"] > max(0.1, res["metrics_before"]["mAP"] + 0.08), res["metrics"]
+    assert res["metrics"]["mAP"] > max(0.2, res["metrics_before"]["mAP"] + 0.15), res["metrics"]
     net = faster_rcnn_fpn("resnest50", "custom", classes=list(SHAPES), norm="gn",
                           pretrained_base=False, **SMALL)
     detection.load_detector(net, res["params"])
@@ -235,6 +241,7 @@ def test_faster_rcnn_trains_on_shapes(tmp_path):
 def test_mask_rcnn_trains_on_shapes(tmp_path):
     pytest.importorskip("pycocotools", reason="GluonCV's Mask R-CNN transform needs pycocotools")
     res = train.run({"task": "detection", "model": {"arch": "mask_rcnn_fpn"},
+                     "data": {"image_size": 96},
                      "train": {"iterations": 40, "log_interval": 0, "export": False,
                                "eval_before": False, "clip_gradient": 5.0}}, str(tmp_path))
     hist = res["loss_history"]
@@ -252,3 +259,30 @@ def test_mask_rcnn_trains_on_shapes(tmp_path):
     ids, scores, boxes, probs = _check_export(net, tmp_path, "mask")
     assert ids.shape == (1, 16, 1) and boxes.shape == (1, 16, 4)
     assert probs.shape == (1, 16, 28, 28) and 0 <= probs.min() and probs.max() <= 1
+
+
+def test_last_gamma_starts_fresh_residual_blocks_as_the_identity(tmp_path):
+    """``last_gamma``: every fresh bottleneck's bn3 gamma is 0, so a block computes
+    relu(x + 0) = x on its (non-negative) input; loaded backbone weights are left alone."""
+    net = _small_net()
+    base = net.backbone
+    units = [b for stage in (base.layer1, base.layer2, base.layer3, base.layer4) for b in stage]
+    assert len(units) == 16 and all(abs(u.bn3.gamma.data()).sum() > 0 for u in units)
+    path = str(tmp_path / "backbone.params")
+    base.save_parameters(path)
+
+    kw = dict(SMALL, norm="gn", pretrained_base=False)
+    fresh = faster_rcnn_fpn("resnest50", "custom", classes=list(SHAPES), **kw)
+    detection.initialize_detector(fresh, last_gamma=True)
+    units = [b for s in (fresh.backbone.layer2, fresh.backbone.layer3) for b in s]
+    assert all(u.bn3.gamma.data().abs().max().asscalar() == 0 for u in units)
+    assert fresh.backbone.layer1[0].bn1.gamma.data().min().asscalar() == 1
+    x = mx.nd.relu(mx.nd.random.normal(shape=(1, 512, 16, 16)))
+    identity = fresh.backbone.layer2[1]                      # no downsample: residual is x
+    np.testing.assert_array_equal(identity(x).asnumpy(), x.asnumpy())
+
+    loaded = faster_rcnn_fpn("resnest50", "custom", classes=list(SHAPES), **kw)
+    loaded.backbone.load_parameters(path)
+    detection.initialize_detector(loaded, last_gamma=True)   # loaded: nothing is zeroed
+    np.testing.assert_array_equal(loaded.backbone.layer3[2].bn3.gamma.data().asnumpy(),
+                                  base.layer3[2].bn3.gamma.data().asnumpy())

@@ -99,19 +99,36 @@ def test_bad_input():
         train.check_segmentation_mask(-mx.nd.ones((8, 8)), 7)
 
 
+def _all_background_miou(num_val: int, size: int) -> float:
+    """GluonCV's mIoU of a prediction that is background everywhere, on the validation split."""
+    from gluoncv.utils.metrics.segmentation import SegmentationMetric
+
+    from gluon_resnest.dense.synthetic import ShapesConfig, ShapesSegmentation
+    val = ShapesSegmentation(num_val, "val", "val", base_size=size, crop_size=size,
+                             config=ShapesConfig(image_size=size, seed=0))
+    metric = SegmentationMetric(val.NUM_CLASS)
+    for i in range(len(val)):
+        mask = val[i][1]
+        logits = mx.nd.zeros((1, val.NUM_CLASS) + mask.shape)
+        logits[:, 0] = 1.0
+        metric.update(mask[None], logits)
+    return metric.get()[1]
+
+
 @pytest.mark.slow
 def test_deeplab_trains_on_shapes_and_exports(tmp_path):
     res = train.run({"task": "segmentation",
                      "data": {"image_size": 64, "base_size": 64, "crop_size": 64},
-                     "train": {"iterations": 20, "batch_size": 2, "lr": 0.01,
+                     "train": {"iterations": 30, "batch_size": 2, "lr": 0.01,
                                "log_interval": 0}}, str(tmp_path))
     totals = [h["total"] for h in res["loss_history"]]
-    assert np.isfinite(totals).all() and len(totals) == 20
-    assert np.mean(totals[-10:]) < 0.7 * np.mean(totals[:5]), totals
-    # What 20 iterations from scratch learn is mostly the class frequencies: the validation
-    # prediction becomes (nearly) all background, whose pixel accuracy is the background share.
-    # Segmenting the shapes themselves takes longer than this test's budget.
-    assert res["metrics"]["pixAcc"] > res["metrics_before"]["pixAcc"] + 0.1, res["metrics"]
+    assert np.isfinite(totals).all() and len(totals) == 30
+    assert np.mean(totals[-10:]) < 0.5 * np.mean(totals[:5]), totals
+    # Beyond the class frequencies: an all-background prediction scores background share / 4.
+    # From scratch with last_gamma (fresh residual blocks start as the identity) 30 iterations
+    # segment the shapes (measured mIoU 0.32); without it the prediction stayed all background.
+    floor = _all_background_miou(res["config"]["data"]["num_val"], 64)
+    assert res["metrics"]["mIoU"] > floor + 0.05, (res["metrics"], floor)
 
     # the exported inference graph reproduces the imperative network
     net = deeplab("resnest50", dataset=None, nclass=4, crop_size=64, pretrained_base=False,

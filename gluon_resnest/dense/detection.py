@@ -414,19 +414,20 @@ FPN_INIT = mx.init.Xavier(rnd_type="uniform", factor_type="in", magnitude=1.0)
 _FPN_CONV = re.compile(r"^P\d_conv\w*_weight$")
 
 
-def initialize_detector(net: FasterRCNN, ctx: Any = None) -> None:
+def initialize_detector(net: FasterRCNN, ctx: Any = None, last_gamma: bool = False) -> None:
     """Initialise what is not loaded: a fresh backbone with Xavier(gaussian, in, 2) (the
     official ImageNet init), the FPN convolutions with :data:`FPN_INIT`, every other parameter
     as GluonCV's training scripts do, except that a fresh R-CNN classifier's bias starts at the
     sampler's class frequencies (background ``1 - pos_ratio``, each class
     ``pos_ratio / num_class``; the usual prior initialisation), so the first iterations do not
-    spend their updates learning that most RoIs are background.
+    spend their updates learning that most RoIs are background. ``last_gamma``: a fresh
+    backbone's residual blocks start as the identity (see :func:`.initialize_missing`).
     """
     fresh_bias = net.class_predictor.bias._data is None
     for name, p in net.features.collect_params().items():
         if p._data is None and p.init is None and _FPN_CONV.match(name):
             p.init = FPN_INIT
-    initialize_missing(net, [net.backbone], ctx)
+    initialize_missing(net, [net.backbone], ctx, last_gamma=last_gamma)
     if fresh_bias:
         pos = net.sampler._max_pos / float(net.sampler._num_sample)
         prior = [1.0 - pos] + [pos / net.num_class] * net.num_class

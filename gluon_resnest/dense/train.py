@@ -10,7 +10,8 @@ GluonCV's dataset classes from ``data.root``; nothing is downloaded.
 Config (YAML in ``configs/detection`` and ``configs/segmentation``; see :data:`DEFAULTS`)::
 
     task: detection | segmentation
-    model: {arch, backbone, norm, pretrained_base, kwargs}
+    model: {arch, backbone, norm, pretrained_base, last_gamma, kwargs}  (last_gamma: a fresh
+           backbone's residual blocks start as the identity; loaded weights are untouched)
     data:  {dataset, root, num_train, num_val, image_size, seed, base_size, crop_size}
     train: {iterations | epochs, batch_size, lr, lr_mode, lr_decay_epochs, warmup_iters,
             warmup_factor, momentum, wd, clip_gradient, eval_before, export, ...}
@@ -40,15 +41,15 @@ __all__ = ["DEFAULTS", "TASKS", "SHAPES_DETECTOR", "run", "resolve_config", "che
 
 TASKS = ("detection", "segmentation")
 
-#: Defaults per task: the small end-to-end runs on the generated set (~1-2 min on 2 cores).
+#: Defaults per task: the small end-to-end runs on the generated set (about 2 min on 2 cores).
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "detection": {
         "task": "detection",
         "model": {"arch": "faster_rcnn_fpn", "backbone": "resnest50", "norm": "gn",
-                  "pretrained_base": False, "kwargs": {}},
+                  "pretrained_base": False, "last_gamma": True, "kwargs": {}},
         "data": {"dataset": "shapes", "root": None, "num_train": 16, "num_val": 8,
-                 "image_size": 128, "seed": 0},
-        "train": {"iterations": 60, "epochs": None, "batch_size": 1, "lr": 0.01,
+                 "image_size": 96, "seed": 0},
+        "train": {"iterations": 120, "epochs": None, "batch_size": 1, "lr": 0.01,
                   "lr_mode": "step", "lr_decay_epochs": [], "lr_decay": 0.1, "warmup_iters": 0,
                   "warmup_factor": 1 / 3, "momentum": 0.9, "wd": 1e-4, "log_interval": 10,
                   "seed": 0, "export": True, "eval_before": True, "clip_gradient": None,
@@ -57,7 +58,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "segmentation": {
         "task": "segmentation",
         "model": {"arch": "deeplab", "backbone": "resnest50", "norm": "gn",
-                  "pretrained_base": False, "aux": True, "aux_weight": 0.5, "kwargs": {}},
+                  "pretrained_base": False, "last_gamma": True, "aux": True, "aux_weight": 0.5,
+                  "kwargs": {}},
         "data": {"dataset": "shapes", "root": None, "num_train": 16, "num_val": 8,
                  "image_size": 96, "seed": 0, "base_size": 96, "crop_size": 96},
         "train": {"iterations": 40, "epochs": None, "batch_size": 2, "lr": 0.01,
@@ -66,7 +68,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                   "export": True, "eval_before": True, "clip_gradient": None},
     },
 }
-#: Detector reductions on the generated set (128 px images, 2 CPU cores), unless model.kwargs
+#: Detector reductions on the generated set (96-128 px images, 2 CPU cores), unless model.kwargs
 #: overrides them: fewer RPN proposals and RoIs, 128-channel FPN and 2-conv box head.
 SHAPES_DETECTOR = dict(rpn_train_pre_nms=512, rpn_train_post_nms=128, rpn_test_pre_nms=256,
                        rpn_test_post_nms=64, num_sample=64, num_fpn_filters=128,
@@ -258,7 +260,7 @@ def _train_detection(cfg: dict, out_dir: str) -> dict:
                 pretrained_base=model["pretrained_base"],
                 per_device_batch_size=train["batch_size"], num_devices=1, **kwargs)
     net.apply(partial(set_drop_prob, 0.0))
-    initialize_detector(net)
+    initialize_detector(net, last_gamma=model["last_gamma"])
     net.collect_params().setattr("grad_req", "null")
     net.collect_train_params().setattr("grad_req", "write")
     before = (_evaluate_detection(net, val_set, masks and data["dataset"] == "shapes")
@@ -412,7 +414,8 @@ def _train_segmentation(cfg: dict, out_dir: str) -> dict:
                   **model["kwargs"])
     net.apply(partial(set_drop_prob, 0.0))
     initialize_missing(net, [getattr(net, n) for n in ("conv1", "bn1", "layer1", "layer2",
-                                                      "layer3", "layer4")])
+                                                      "layer3", "layer4")],
+                       last_gamma=model["last_gamma"])
     before = _evaluate_segmentation(net, val_set) if train["eval_before"] else None
     net.hybridize(static_alloc=True)
     loader = gluon.data.DataLoader(train_set, train["batch_size"], shuffle=True,
