@@ -90,3 +90,17 @@ def test_training_at_sizes_other_than_224():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         DropBlock(**kwargs)
+
+
+def test_shared_mask_is_one_mask_per_batch_and_per_sample_is_not():
+    """Default: one (1, C, H, W) mask for the batch (official Gluon code, GluonCV);
+    shared_mask=False: every sample gets its own, with the same drop rate."""
+    x = mx.nd.ones((8, 16, 28, 28))
+    for shared in (True, False):
+        blk = DropBlock(0.2, 3, shared_mask=shared)
+        with mx.autograd.record(train_mode=True):
+            y = blk(x).asnumpy()
+        same = all(np.array_equal(y[0], y[i]) for i in range(1, 8))
+        assert same == shared
+        np.testing.assert_allclose(y.mean(), 1.0, rtol=1e-5)
+        assert 0.05 < (y == 0).mean() < 0.5
