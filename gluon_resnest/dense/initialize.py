@@ -30,19 +30,18 @@ class ByName(mx.init.Uniform):
 
 
 def initialize_missing(net: Block, backbone: Optional[Iterable[Block]] = None,
-                       ctx: Any = None, last_gamma: bool = False) -> int:
-    """Initialise every parameter not loaded yet; returns how many gammas ``last_gamma`` zeroed.
+                       ctx: Any = None, last_gamma: bool = False) -> None:
+    """Initialise every parameter not loaded yet.
 
     ``backbone`` blocks get :data:`BACKBONE_INIT`; the others their own initializer, else
     :class:`ByName` (GluonCV's training scripts use Uniform), which also covers the FPN's symbolic
     BatchNorm. Loaded parameters are kept. ``last_gamma``: a fresh bottleneck's last norm
     (``bn3``) starts with gamma 0, so every residual block starts as the identity (Goyal et al.
     2017; the official ResNeSt ImageNet recipe's ``--last-gamma``, and this package's
-    classification recipe). From scratch, that is what lets a deep backbone learn within a few
-    dozen iterations; loaded weights are never touched.
+    classification recipe). From scratch it is what lets DeepLabV3 and Mask R-CNN on the
+    generated shapes set get past the all-background prediction; loaded weights are never touched.
     """
     ctx = ctx if ctx is not None else mx.cpu()
-    zeroed = 0
     for block in backbone or ():
         fresh = {id(p) for p in block.collect_params().values() if p._data is None}
         for p in block.collect_params().values():
@@ -52,11 +51,9 @@ def initialize_missing(net: Block, backbone: Optional[Iterable[Block]] = None,
             for unit in _bottlenecks(block):
                 if id(unit.bn3.gamma) in fresh:
                     unit.bn3.gamma.set_data(mx.nd.zeros_like(unit.bn3.gamma.data()))
-                    zeroed += 1
     for p in net.collect_params().values():
         if p._data is None:
             p.initialize(ctx=ctx, default_init=ByName())
-    return zeroed
 
 
 def _bottlenecks(block: Block) -> list:
