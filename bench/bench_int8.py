@@ -32,7 +32,7 @@ import numpy as np
 from mxnet import autograd
 
 import gluon_resnest
-from gluon_resnest import export as gexport
+from gluon_resnest.deploy import export as gexport
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

@@ -27,8 +27,8 @@ import numpy as np
 from mxnet import autograd, gluon
 
 import gluon_resnest  # noqa: F401  (registers; imports gluoncv safely)
-from gluon_resnest import export as gexport
-from gluon_resnest import profile
+from gluon_resnest.deploy import export as gexport
+from gluon_resnest.model import profile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -2,11 +2,13 @@
 
 ``import gluon_resnest`` registers every variant in GluonCV's model zoo.
 """
-from .blocks import Bottleneck, DropBlock
-from .resnest import ALIASES, VARIANTS, ResNeSt, StageFeatures, VariantSpec, build, variant_names
-from .splat import SplitAttention
-from .weights import load_parameters
-from .zoo import get_model, register
+from .integrations.gluoncv import register
+from .model.blocks import Bottleneck, DropBlock
+from .model.parameters import load_parameters
+from .model.resnest import ResNeSt, StageFeatures, build
+from .model.splat import SplitAttention
+from .model.variants import ALIASES, VARIANTS, VariantSpec, variant_names
+from .weights.pretrained import get_model
 
 __version__ = "0.1.0"
 __all__ = ["SplitAttention", "DropBlock", "Bottleneck", "ResNeSt", "StageFeatures",

@@ -19,7 +19,9 @@ import pytest
 
 from gluon_resnest import _compat
 from gluon_resnest.cli import main
-from gluon_resnest.convert import (
+from gluon_resnest.model.parameters import ParameterMismatchError
+from gluon_resnest.model.resnest import build
+from gluon_resnest.weights.pytorch import (
     TIMM_NAMES,
     MissingExtraError,
     convert_checkpoint,
@@ -30,8 +32,6 @@ from gluon_resnest.convert import (
     read_state_dict,
     resolve_arch,
 )
-from gluon_resnest.resnest import build
-from gluon_resnest.weights import ParameterMismatchError
 
 EXTRA = "needs the torch/test extra (pip install -e '.[test]'): "
 TOL = 1e-4

@@ -24,7 +24,7 @@ from gluon_resnest.dense.detection import (
 )
 from gluon_resnest.dense.initialize import initialize_missing
 from gluon_resnest.dense.synthetic import SHAPES
-from gluon_resnest.resnest import StageFeatures, build
+from gluon_resnest.model.resnest import StageFeatures, build
 
 SMALL = dict(short=128, max_size=128, rpn_train_pre_nms=512, rpn_train_post_nms=128,
              rpn_test_pre_nms=256, rpn_test_post_nms=64, num_sample=64, num_fpn_filters=128,

@@ -11,14 +11,12 @@ import pytest
 from gluoncv.model_zoo import get_model, get_model_list, model_zoo, segbase
 from gluoncv.nn.dropblock import set_drop_prob
 
-from gluon_resnest import zoo_dense
-from gluon_resnest.blocks import DropBlock
+from gluon_resnest._compat import gluoncv_dense as compat_dense
 from gluon_resnest.dense import dilated_backbone
 from gluon_resnest.dense.registry import CUSTOM_MODELS, DENSE_MODELS, get_dense_model, parse_dense_name
-from gluon_resnest.resnest import ResNeSt
-
-# until zoo.register() calls it (then this is the idempotent second call)
-zoo_dense.register_dense(model_zoo._models)
+from gluon_resnest.integrations import gluoncv_dense
+from gluon_resnest.model.blocks import DropBlock
+from gluon_resnest.model.resnest import ResNeSt
 
 EXPECTED = (
     [f"faster_rcnn_fpn_syncbn_resnest{d}_coco" for d in (50, 101, 200, 269)]
@@ -47,7 +45,7 @@ def test_gluoncv_script_names_resolve():
 def test_registering_twice_is_harmless():
     before = dict(model_zoo._models)
     lookup = segbase.get_backbone
-    zoo_dense.register_dense(model_zoo._models)
+    gluoncv_dense.register_dense(model_zoo._models)
     assert model_zoo._models == before and segbase.get_backbone is lookup
     assert model_zoo._models["custom_faster_rcnn_fpn"]._gluoncv_original.__module__.startswith(
         "gluoncv.")
@@ -120,9 +118,9 @@ def test_get_dense_model_builds_unregistered_combinations():
 def test_internals_check_fails_loudly(monkeypatch):
     monkeypatch.delattr(segbase, "get_backbone")
     with pytest.raises(RuntimeError, match=f"GluonCV {gluoncv.__version__}"):
-        zoo_dense._check_gluoncv()
+        compat_dense._check_gluoncv()
     with pytest.raises(RuntimeError, match="expected a dict"):
-        zoo_dense.register_dense(list(DENSE_MODELS))
+        gluoncv_dense.register_dense(list(DENSE_MODELS))
 
 
 def _walk(block):

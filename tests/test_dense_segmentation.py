@@ -12,17 +12,16 @@ import gluon_resnest  # noqa: F401  (first: lets gluoncv import next to torch >=
 import mxnet as mx
 import numpy as np
 import pytest
-from gluoncv.model_zoo import get_model, model_zoo, segbase
+from gluoncv.model_zoo import get_model, segbase
 from gluoncv.model_zoo.deeplabv3 import DeepLabV3
 
-from gluon_resnest import zoo_dense
-from gluon_resnest.blocks import Bottleneck
+from gluon_resnest._compat import gluoncv_dense as compat_dense
 from gluon_resnest.dense import train
 from gluon_resnest.dense.initialize import initialize_missing
 from gluon_resnest.dense.norms import GroupNorm
 from gluon_resnest.dense.segmentation import ResNeStDeepLabV3, deeplab
+from gluon_resnest.model.blocks import Bottleneck
 
-zoo_dense.register_dense(model_zoo._models)
 BACKBONE = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -58,7 +57,7 @@ def test_registered_deeplab_models():
 def test_gluoncv_deeplab_weights_load_into_ours(tmp_path, monkeypatch):
     """A file saved from GluonCV's own DeepLabV3 + GluonCV's ResNeSt-50 (its published
     deeplab_resnest50_ade format) loads strictly into ours, with equal outputs."""
-    monkeypatch.setattr(segbase, "get_backbone", zoo_dense.gluoncv_get_backbone())
+    monkeypatch.setattr(segbase, "get_backbone", compat_dense.gluoncv_get_backbone())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = DeepLabV3(150, backbone="resnest50", pretrained_base=False, crop_size=64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gluon_resnest
-from gluon_resnest.weights import ParameterMismatchError
+from gluon_resnest.model.parameters import ParameterMismatchError
 
 
 def test_unknown_variant_suggests_close_names():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import randomize
 
-from gluon_resnest import export as ex
 from gluon_resnest.cli import main
-from gluon_resnest.resnest import build
+from gluon_resnest.deploy import export as ex
+from gluon_resnest.model.resnest import build
 
 onnx = pytest.importorskip("onnx", reason="needs the onnx/test extra (pip install -e '.[test]')")
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime, part of the test extra")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from gluon_resnest import export as ex
 from gluon_resnest.cli import main
-from gluon_resnest.resnest import StageFeatures, build
+from gluon_resnest.deploy import export as ex
+from gluon_resnest.model.resnest import StageFeatures, build
 
 SIZE = 32
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -7,8 +7,8 @@ import pytest
 from conftest import randomize
 
 import gluon_resnest
-from gluon_resnest import profile
-from gluon_resnest.resnest import ALIASES, VARIANTS
+from gluon_resnest.model import profile
+from gluon_resnest.model.variants import ALIASES, VARIANTS
 
 # The paper's Table 3: (params in M, GFLOPs = multiply-adds at 224x224).
 TABLE3 = {

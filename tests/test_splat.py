@@ -125,7 +125,7 @@ def test_bad_types():
 @pytest.mark.parametrize("training", [False, True])
 def test_channel_scale_values_and_gradients(training):
     """Both formulations (inference: broadcast, training: rank-1 expansion) against numpy."""
-    from gluon_resnest.splat import channel_scale
+    from gluon_resnest.model.splat import channel_scale
     rng = np.random.RandomState(0)
     x_np = rng.uniform(-1, 1, (3, 5, 4, 6)).astype("float32")
     a_np = rng.uniform(-1, 1, (3, 5, 1, 1)).astype("float32")

@@ -4,7 +4,7 @@ import os
 import pytest
 
 import gluon_resnest
-from gluon_resnest.resnest import VARIANTS
+from gluon_resnest.model.variants import VARIANTS
 from gluon_resnest.train import config as C
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")

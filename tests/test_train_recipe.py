@@ -8,7 +8,7 @@ from gluoncv.utils import LRScheduler, LRSequential
 from PIL import Image, ImageEnhance, ImageOps
 
 import gluon_resnest
-from gluon_resnest.blocks import DropBlock
+from gluon_resnest.model.blocks import DropBlock
 from gluon_resnest.train import recipe
 
 

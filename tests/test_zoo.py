@@ -8,7 +8,8 @@ import gluoncv
 from gluoncv.model_zoo import get_model, get_model_list
 
 import gluon_resnest
-from gluon_resnest.resnest import ResNeSt, variant_names
+from gluon_resnest.model.resnest import ResNeSt
+from gluon_resnest.model.variants import variant_names
 
 
 def test_every_name_resolves_through_gluoncv():
@@ -46,4 +47,4 @@ def test_unmodified_script_via_launcher(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gluon_resnest", "run", str(script),
                           "resnest50_fast"], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "gluon_resnest.resnest ResNeSt"
+    assert run.stdout.strip() == "gluon_resnest.model.resnest ResNeSt"

@@ -34,10 +34,12 @@ from mxnet import autograd
 from mxnet.gluon import HybridBlock, nn
 from mxnet.gluon.contrib.nn import SyncBatchNorm
 
-from ..resnest import ResNeSt, resolve_name
-from ..weights import load_parameters, resolve_pretrained
-from ..zoo import get_model as get_backbone_model
-from ..zoo_dense import fix_pyramid_roi_pooling
+from .._compat.gluoncv_dense import fix_pyramid_roi_pooling
+from ..model.parameters import load_parameters
+from ..model.resnest import ResNeSt
+from ..model.variants import resolve_name
+from ..weights.gluoncv import resolve_pretrained
+from ..weights.pretrained import get_model as get_backbone_model
 from .initialize import initialize_missing
 from .norms import GroupNorm
 
@@ -226,7 +228,7 @@ class ResNeStMaskRCNN(_InputChecks, MaskRCNN):
     """GluonCV's MaskRCNN with input checks; see the module docstring for shapes."""
 
 
-# GluonCV's FPN RoI pooling reads uninitialised ROIAlign output on MXNet 1.9 (zoo_dense).
+# GluonCV's FPN RoI pooling reads uninitialised ROIAlign output on MXNet 1.9 (_compat.gluoncv_dense).
 fix_pyramid_roi_pooling(ResNeStFasterRCNN, ResNeStMaskRCNN)
 
 

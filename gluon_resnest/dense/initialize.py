@@ -57,7 +57,7 @@ def initialize_missing(net: Block, backbone: Optional[Iterable[Block]] = None,
 
 
 def _bottlenecks(block: Block) -> list:
-    from ..blocks import Bottleneck
+    from ..model.blocks import Bottleneck
     found: list = []
     block.apply(lambda b: found.append(b) if isinstance(b, Bottleneck) else None)
     return found

@@ -1,7 +1,7 @@
 """The name table of the detection and segmentation models, and a name parser.
 
 :data:`DENSE_MODELS` holds the names GluonCV's training scripts compose and that
-``gluon_resnest.zoo_dense.register_dense`` adds to GluonCV's ``get_model``:
+``gluon_resnest.integrations.gluoncv_dense.register_dense`` adds to GluonCV's ``get_model``:
 
 - ``faster_rcnn_fpn_syncbn_resnest{50,101,200,269}_coco`` (SyncBatchNorm everywhere)
 - ``faster_rcnn_fpn_resnest{50,101}_{coco,voc}`` (frozen BatchNorm)
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List
 
-from ..resnest import resolve_name
+from ..model.variants import resolve_name
 from . import detection, segmentation
 
 __all__ = ["DENSE_MODELS", "CUSTOM_MODELS", "dense_model_names", "get_dense_model",

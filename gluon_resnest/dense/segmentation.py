@@ -2,9 +2,10 @@
 
 GluonCV's ``SegBaseModel`` asks its backbone lookup for ``name`` with ``pretrained, dilated,
 ctx, root, norm_layer, norm_kwargs`` and keeps ``conv1, bn1, relu, maxpool, layer1..layer4``.
-:func:`dilated_backbone` answers that call for every ResNeSt variant (``gluon_resnest.zoo_dense``
-routes GluonCV's lookup to it), so ``get_segmentation_model(model='deeplab'|'fcn'|'psp'|
-'danet', backbone='resnest50')`` runs on this package's network.
+:func:`dilated_backbone` answers that call for every ResNeSt variant
+(``gluon_resnest.integrations.gluoncv_dense`` routes GluonCV's lookup to it), so
+``get_segmentation_model(model='deeplab'|'fcn'|'psp'|'danet', backbone='resnest50')``
+runs on this package's network.
 
 The backbone is dilated as GluonCV's ResNeSt and the official one are: output stride 8, stage 3
 with dilation 2 and stage 4 with dilation 4 (the first block of each keeps the previous
@@ -23,9 +24,11 @@ import mxnet as mx
 from gluoncv.model_zoo.deeplabv3 import DeepLabV3
 from mxnet.gluon import nn
 
-from ..resnest import ResNeSt, resolve_name
-from ..weights import load_parameters, resolve_pretrained
-from ..zoo import get_model as get_backbone_model
+from ..model.parameters import load_parameters
+from ..model.resnest import ResNeSt
+from ..model.variants import resolve_name
+from ..weights.gluoncv import resolve_pretrained
+from ..weights.pretrained import get_model as get_backbone_model
 
 __all__ = ["SEG_DATASETS", "dilated_backbone", "ResNeStDeepLabV3", "deeplab", "dataset_info"]
 
@@ -97,7 +100,7 @@ def deeplab(backbone: str = "resnest50", dataset: Optional[str] = "ade20k",
     crop_size : training/inference input size, a multiple of 8. kwargs : ``norm_layer``,
     ``norm_kwargs`` (e.g. SyncBatchNorm, as the paper trains), ``height``, ``width``.
     """
-    from ..zoo_dense import patch_segmentation_backbone
+    from .._compat.gluoncv_dense import patch_segmentation_backbone
     backbone = resolve_name(backbone)
     if not isinstance(crop_size, int) or crop_size < 8 or crop_size % 8:
         raise ValueError(f"crop_size must be a multiple of 8 (the output stride), got "
@@ -120,7 +123,7 @@ def deeplab(backbone: str = "resnest50", dataset: Optional[str] = "ade20k",
             raise ValueError("pretrained= needs a named dataset (the weights' file name)")
     ctx = ctx if ctx is not None else mx.cpu()
     root_kw = {"root": root} if root is not None else {}
-    patch_segmentation_backbone()       # SegBaseModel looks its backbone up by name
+    patch_segmentation_backbone(dilated_backbone)   # SegBaseModel looks its backbone up by name
     net = ResNeStDeepLabV3(nclass, backbone=backbone, aux=aux, ctx=ctx,
                            pretrained_base=pretrained_base, crop_size=crop_size,
                            base_size=base_size, **root_kw, **kwargs)

@@ -110,7 +110,7 @@ def extract_params(path: str, dest_dir: str) -> str:
 def load_checkpoint(path: str, net, trainer=None, ctx=None) -> Dict[str, Any]:
     """Load parameters (and optimizer states, when ``trainer`` is given) into ``net``; restore
     the global Python/numpy RNG states; return the metadata."""
-    from ..weights import load_parameters
+    from ..model.parameters import load_parameters
     meta = read_meta(path)
     with tempfile.TemporaryDirectory(prefix="gluon_resnest-ckpt-") as work:
         with _open(path) as zf:

@@ -44,7 +44,7 @@ def write_export_meta(prefix: str, variant: str, classes: Sequence[str],
 
 
 def _default_test_data(variant: Optional[str]) -> Dict[str, Any]:
-    from ..resnest import VARIANTS, resolve_name
+    from ..model.variants import VARIANTS, resolve_name
     spec = VARIANTS[resolve_name(variant or "resnest50")]
     return {"test_size": spec.input_size, "crop_pct": spec.crop_pct,
             "interpolation": spec.interpolation, "mean": list(spec.mean), "std": list(spec.std)}
@@ -89,7 +89,7 @@ def load_model(path: str, ctx=None, overrides: Optional[Dict[str, Any]] = None) 
     classes = meta["classes"]
     net = build_net(cfg, len(classes))
     with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:
-        from ..weights import load_parameters
+        from ..model.parameters import load_parameters
         load_parameters(net, checkpoint.extract_params(ckpt, work), ctx=ctx)
     net.hybridize(static_alloc=True)
     test = dict({k: cfg["data"][k] for k in _TEST_KEYS}, **overrides)

@@ -71,7 +71,7 @@ def dropblock_prob_at(epoch: int, epochs: int, final_prob: float, start_prob: fl
 
 def set_dropblock(net, prob: float) -> int:
     """Set ``drop_prob`` of every DropBlock inside ``net``; returns how many there are."""
-    from ..blocks import DropBlock
+    from ..model.blocks import DropBlock
     count = 0
 
     def visit(block):

@@ -64,7 +64,7 @@ def _seed32(*parts: int) -> int:
 
 
 def final_dropblock(cfg: Dict[str, Any]) -> float:
-    from ..resnest import VARIANTS, resolve_name
+    from ..model.variants import VARIANTS, resolve_name
     m = cfg["model"]
     if m["dropblock_prob"] is not None:
         return float(m["dropblock_prob"])
@@ -74,7 +74,7 @@ def final_dropblock(cfg: Dict[str, Any]) -> float:
 
 def build_net(cfg: Dict[str, Any], classes: int):
     """The (uninitialised) ResNeSt a config describes, with ``classes`` outputs."""
-    from ..resnest import build
+    from ..model.resnest import build
     m = cfg["model"]
     kw = dict(m["kwargs"])
     kw["dropblock_prob"] = final_dropblock(cfg)
@@ -178,7 +178,8 @@ class Trainer:
     def _load_pretrained(self) -> str:
         import tempfile
 
-        from ..weights import load_parameters, resolve_pretrained
+        from ..model.parameters import load_parameters
+        from ..weights.gluoncv import resolve_pretrained
         src = self.cfg["model"]["pretrained"]
         with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:
             if src is True or (isinstance(src, str) and not os.path.exists(src)
@@ -354,7 +355,7 @@ class Trainer:
         return summary
 
     def _describe(self) -> None:
-        from .. import profile
+        from ..model import profile
         o = self.cfg["optim"]
         d = self.cfg["data"]
         params = profile.count_params(self.net) / 1e6
@@ -463,7 +464,7 @@ class Trainer:
         import tempfile
         import warnings
 
-        from ..weights import load_parameters
+        from ..model.parameters import load_parameters
         mx = self.mx
         best = os.path.join(self.out, "best.ckpt")
         with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:

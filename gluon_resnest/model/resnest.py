@@ -1,14 +1,13 @@
-"""The ResNeSt network, the table of its variants, and the one builder.
+"""The ResNeSt network and the one builder.
 
-A variant is a row of :data:`VARIANTS`; :func:`build` turns a row (plus keyword overrides)
+A variant is a row of :data:`~.variants.VARIANTS`; :func:`build` turns a row (plus keyword overrides)
 into a :class:`ResNeSt`. Every variant uses the deep stem, ResNet-D average-pool shortcuts
 and avd (average downsampling inside the bottleneck).
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import mxnet as mx
 from mxnet import autograd
@@ -16,92 +15,9 @@ from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
 from .blocks import Bottleneck, graph_generation, make_shortcut, make_stem, portable_graph
+from .variants import VARIANTS, resolve_name
 
-__all__ = ["VariantSpec", "VARIANTS", "ALIASES", "ResNeSt", "StageFeatures", "build",
-           "resolve_name", "variant_names"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """One ResNeSt variant: architecture plus its default data config (timm's default_cfg)."""
-
-    layers: Tuple[int, int, int, int]
-    radix: int = 2
-    cardinality: int = 1
-    bottleneck_width: int = 64
-    stem_width: int = 32
-    avd_first: bool = False           # True: the paper's "-fast" placement (avd before the 3x3)
-    dropblock_prob: float = 0.1       # stages 3 and 4, as GluonCV's defaults
-    final_drop: float = 0.0
-    input_size: int = 224             # train and test resolution of the published models
-    crop_pct: float = 0.875           # test: resize to input_size / crop_pct, centre crop
-    interpolation: str = "bilinear"
-    mean: Tuple[float, float, float] = IMAGENET_MEAN
-    std: Tuple[float, float, float] = IMAGENET_STD
-    paper: Optional[str] = None       # the row of the paper's Table 3, if any
-    notes: str = field(default="", compare=False)
-
-    @property
-    def default_cfg(self) -> Dict[str, Any]:
-        return {"input_size": (3, self.input_size, self.input_size), "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation, "mean": self.mean, "std": self.std}
-
-
-def _fast(radix: int, cardinality: int, width: int, layers=(3, 4, 6, 3), **kw) -> VariantSpec:
-    return VariantSpec(layers, radix, cardinality, width, avd_first=True,
-                       interpolation="bicubic", **kw)
-
-
-#: Every ResNeSt variant. Sizes 320/416 use crop size/(size+32) and bicubic, as the
-#: official evaluation does.
-VARIANTS: Dict[str, VariantSpec] = {
-    "resnest14": VariantSpec((1, 1, 1, 1), dropblock_prob=0.0),
-    "resnest26": VariantSpec((2, 2, 2, 2)),
-    "resnest50": VariantSpec((3, 4, 6, 3), paper="ResNeSt-50"),
-    "resnest101": VariantSpec((3, 4, 23, 3), stem_width=64, input_size=256,
-                              paper="ResNeSt-101"),
-    "resnest200": VariantSpec((3, 24, 36, 3), stem_width=64, final_drop=0.2, input_size=320,
-                              crop_pct=320 / 352, interpolation="bicubic"),
-    "resnest269": VariantSpec((3, 30, 48, 8), stem_width=64, final_drop=0.2, input_size=416,
-                              crop_pct=416 / 448, interpolation="bicubic"),
-    "resnest50_fast_1s1x64d": _fast(1, 1, 64),
-    "resnest50_fast_2s1x64d": _fast(2, 1, 64, paper="ResNeSt-50-fast"),
-    "resnest50_fast_4s1x64d": _fast(4, 1, 64),
-    "resnest50_fast_1s2x40d": _fast(1, 2, 40),
-    "resnest50_fast_2s2x40d": _fast(2, 2, 40),
-    "resnest50_fast_4s2x40d": _fast(4, 2, 40),
-    "resnest50_fast_1s4x24d": _fast(1, 4, 24),
-    "resnest101_fast_2s1x64d": _fast(2, 1, 64, layers=(3, 4, 23, 3), paper="ResNeSt-101-fast"),
-}
-
-#: The paper's two "-fast" rows of Table 3.
-ALIASES: Dict[str, str] = {"resnest50_fast": "resnest50_fast_2s1x64d",
-                           "resnest101_fast": "resnest101_fast_2s1x64d"}
-
-
-def variant_names(aliases: bool = True) -> list:
-    """All registered names, in table order (aliases last)."""
-    return list(VARIANTS) + (list(ALIASES) if aliases else [])
-
-
-def resolve_name(name: str) -> str:
-    """Canonical variant name for ``name`` (case-insensitive, aliases resolved).
-
-    Raises ValueError naming the closest known names when there is no such variant.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    key = name.lower()
-    key = ALIASES.get(key, key)
-    if key not in VARIANTS:
-        close = difflib.get_close_matches(key, variant_names(), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown ResNeSt variant {name!r}.{hint} "
-                         f"Known: {', '.join(variant_names())}")
-    return key
+__all__ = ["ResNeSt", "StageFeatures", "build"]
 
 
 _OUTPUT_STRIDES = {32: (1, 1), 16: (1, 2), 8: (2, 4)}  # dilation of stages 3 and 4
@@ -300,7 +216,7 @@ class ResNeSt(HybridBlock):
                         ignore_extra: bool = False, cast_dtype: bool = False,
                         dtype_source: str = "current") -> None:
         """Load a ``.params`` file; errors list every missing and unexpected key."""
-        from .weights import load_parameters
+        from .parameters import load_parameters
         load_parameters(self, filename, ctx=ctx, allow_missing=allow_missing,
                         ignore_extra=ignore_extra, cast_dtype=cast_dtype,
                         dtype_source=dtype_source)

@@ -28,8 +28,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .resnest import ALIASES, VARIANTS, ResNeSt, build, resolve_name
-from .weights import ParameterMismatchError
+from ..model.parameters import ParameterMismatchError
+from ..model.resnest import ResNeSt, build
+from ..model.variants import ALIASES, VARIANTS, resolve_name
 
 __all__ = ["TIMM_NAMES", "MissingExtraError", "resolve_arch", "describe_arch", "read_state_dict",
            "map_state_dict", "convert_state_dict", "net_from_state_dict", "load_torch_checkpoint",

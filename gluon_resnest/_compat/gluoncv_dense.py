@@ -1,4 +1,4 @@
-"""Detection and segmentation wiring into GluonCV's internals (called from ``zoo.register``).
+"""GluonCV's private detection/segmentation members this package relies on, each named once.
 
 GluonCV internals used here, all checked at import (a RuntimeError naming the GluonCV version
 if one is not as expected):
@@ -24,13 +24,11 @@ import functools
 import inspect
 from typing import Any, Callable, Dict
 
-import gluoncv
+from . import import_gluoncv
 
-from .blocks import DropBlock
-from .resnest import resolve_name
+gluoncv = import_gluoncv()
 
-__all__ = ["register_dense", "patch_segmentation_backbone", "gluoncv_get_backbone",
-           "is_resnest_name", "fix_pyramid_roi_pooling"]
+__all__ = ["fix_pyramid_roi_pooling", "gluoncv_get_backbone", "patch_segmentation_backbone"]
 
 _SUPPORTED = "gluoncv 0.10.x/0.11.x (tested with 0.10.5.post0)"
 _STATE: Dict[str, Any] = {}
@@ -60,9 +58,6 @@ def _check_gluoncv() -> None:
             "self", "F", "features", "rpn_rois", "roi_size", "strides", "roi_mode"]:
         _fail("FasterRCNN._pyramid_roi_feats(self, F, features, rpn_rois, roi_size, strides, "
               "roi_mode, ...) is missing or has changed")
-    if not issubclass(DropBlock, getattr(dropblock, "DropBlock", ())):
-        _fail("gluon_resnest's DropBlock is not a subclass of gluoncv.nn.dropblock.DropBlock, "
-              "so set_drop_prob would not reach it")
 
 
 _check_gluoncv()
@@ -95,26 +90,17 @@ def fix_pyramid_roi_pooling(*classes: type) -> None:
         cls._pyramid_roi_feats = _pyramid_roi_feats
 
 
-def is_resnest_name(name: Any) -> bool:
-    """True if ``name`` is one of this package's ResNeSt variants (or aliases)."""
-    try:
-        resolve_name(name)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def gluoncv_get_backbone() -> Callable[..., Any]:
     """GluonCV's own segmentation backbone lookup (before any patch)."""
     from gluoncv.model_zoo import segbase
     return _STATE.get("get_backbone", segbase.get_backbone)
 
 
-def patch_segmentation_backbone() -> None:
-    """Route GluonCV's segmentation backbone lookup to our dilated ResNeSt (idempotent)."""
+def patch_segmentation_backbone(dilated_backbone: Callable[..., Any]) -> None:
+    """Route GluonCV's segmentation backbone lookup for ``resnest*`` names to
+    ``dilated_backbone(name, **kwargs)`` (idempotent)."""
     from gluoncv.model_zoo import segbase
 
-    from .dense.segmentation import dilated_backbone
     if getattr(segbase.get_backbone, "_gluon_resnest", False):
         return
     original = _STATE.setdefault("get_backbone", segbase.get_backbone)
@@ -127,35 +113,3 @@ def patch_segmentation_backbone() -> None:
 
     get_backbone._gluon_resnest = True
     segbase.get_backbone = get_backbone
-
-
-def _custom_dispatch(name: str, ours: Callable[..., Any], theirs: Callable[..., Any]):
-    @functools.wraps(ours)
-    def make(*args: Any, **kwargs: Any):
-        base = kwargs.get("base_network_name", "resnet18_v1b")
-        if is_resnest_name(base):
-            return ours(*args, **kwargs)
-        return theirs(*args, **kwargs)
-    make.__name__ = make.__qualname__ = name
-    make._gluon_resnest = True
-    make._gluoncv_original = theirs
-    return make
-
-
-def register_dense(gcv_models: Dict[str, Callable[..., Any]]) -> None:
-    """Add the detection/segmentation names to GluonCV's table ``gcv_models`` (idempotent).
-
-    Also wraps the custom R-CNN constructors and patches the segmentation backbone lookup.
-    """
-    if not isinstance(gcv_models, dict):
-        _fail(f"the model table is a {type(gcv_models).__name__}, expected a dict")
-    from .dense.registry import CUSTOM_MODELS, DENSE_MODELS
-    for name, fn in DENSE_MODELS.items():
-        gcv_models[name] = fn
-    for name, fn in CUSTOM_MODELS.items():
-        current = gcv_models.get(name)
-        if current is None:
-            _fail(f"gluoncv.model_zoo has no {name!r}")
-        if not getattr(current, "_gluon_resnest", False):
-            gcv_models[name] = _custom_dispatch(name, fn, current)
-    patch_segmentation_backbone()

@@ -36,8 +36,8 @@ import numpy as np
 from mxnet.base import MXNetError
 from mxnet.gluon import HybridBlock, SymbolBlock
 
-from .convert import MissingExtraError
-from .resnest import _param_ctx
+from ..model.resnest import _param_ctx
+from ..weights.pytorch import MissingExtraError
 
 __all__ = ["ONNX_OPSET", "UnsupportedOnThisCPU", "fold_constants", "export_symbol", "load_symbol",
            "export_onnx", "run_onnx", "generated_images", "folder_images", "calibration_images",
@@ -542,7 +542,7 @@ def _quantize_prefix(prefix: str, images: np.ndarray, out: str, calib_mode: str,
 
 
 def _child(job_file: str) -> None:
-    """Entry of the quantization subprocess (``python -m gluon_resnest.export JOB``)."""
+    """Entry of the quantization subprocess (``python -m gluon_resnest.deploy.export JOB``)."""
     job = json.load(open(job_file))
     info = _quantize_prefix(job["prefix"], np.load(job["images"]), job["out"],
                             job["calib_mode"], job["exclude"], job["batch_size"])
@@ -584,7 +584,7 @@ def quantize_int8(net: HybridBlock, calib: Union[str, np.ndarray] = "generated",
                    "batch_size": batch_size, "info": os.path.join(tmp, "info.json")}
             np.save(job["images"], images)
             json.dump(job, open(os.path.join(tmp, "job.json"), "w"))
-            run = subprocess.run([sys.executable, "-m", "gluon_resnest.export",
+            run = subprocess.run([sys.executable, "-m", "gluon_resnest.deploy.export",
                                   os.path.join(tmp, "job.json")],
                                  env={**os.environ, SUM_FUSION_VAR: "1"},
                                  capture_output=True, text=True)

@@ -14,7 +14,7 @@ from mxnet import autograd
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
-from ._compat import import_gluoncv
+from .._compat import import_gluoncv
 from .splat import SplitAttention
 
 # GluonCV's set_drop_prob() only recognises its own class: subclass it.

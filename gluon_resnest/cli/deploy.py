@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .convert import MissingExtraError
+from ..weights.pytorch import MissingExtraError
 
 EXAMPLES = """examples:
   gluon-resnest convert --arch resnest50d resnest50d.pth resnest50.params
@@ -21,8 +21,9 @@ def _load_model(args):
     """(block, name, size) for the MODEL argument: a variant with weights, or a prefix."""
     import mxnet as mx
 
-    from .export import load_symbol
-    from .resnest import ALIASES, VARIANTS, build, resolve_name
+    from ..deploy.export import load_symbol
+    from ..model.resnest import build
+    from ..model.variants import ALIASES, VARIANTS, resolve_name
     is_variant = args.model.lower() in VARIANTS or args.model.lower() in ALIASES
     if not is_variant and os.path.isfile(f"{args.model}-symbol.json"):
         if args.params or args.pretrained or args.random:
@@ -39,7 +40,7 @@ def _load_model(args):
         net = build(name, classes=args.classes)
         net.load_parameters(args.params, ctx=mx.cpu())
     elif args.pretrained:
-        from .zoo import get_model
+        from ..weights.pretrained import get_model
         net = get_model(name, pretrained=True, classes=args.classes)
     else:
         net = build(name, classes=args.classes)
@@ -54,7 +55,7 @@ def _check_batch(size: int, n: int = 2) -> np.ndarray:
 def _cmd_export(args: argparse.Namespace) -> int:
     import mxnet as mx
 
-    from . import export as ex
+    from ..deploy import export as ex
     if args.int8 and args.bf16:
         raise ValueError("choose one of --int8 and --bf16")
     if (args.int8 or args.bf16) and args.format == "onnx":
@@ -114,7 +115,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import TIMM_NAMES, convert_checkpoint, describe_arch, resolve_arch
+    from ..weights.pytorch import TIMM_NAMES, convert_checkpoint, describe_arch, resolve_arch
     try:
         name = resolve_arch(args.arch)
         origin = f"timm {args.arch.lower()} -> " if args.arch.lower() in TIMM_NAMES else ""

@@ -1,27 +1,18 @@
-"""``gluon-resnest`` command line: parse, call the library, print.
-
-Sub-commands come from the modules in :data:`COMMAND_MODULES`; each has
-``add_commands(subparsers)`` that registers its parsers with ``set_defaults(func=...)``.
-"""
+"""``gluon-resnest list``, ``summary`` and ``run``: the variants, and GluonCV scripts with them."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import runpy
 import sys
-from typing import List, Optional
 
-COMMAND_MODULES = (
-    "gluon_resnest.cli",               # list, summary, run
-    "gluon_resnest.train.commands",    # train, eval, predict
-    "gluon_resnest.deploy_commands",   # export, convert
-)
+from .. import integrations
+from ..model import profile
+from ..model.resnest import build
+from ..model.variants import ALIASES, VARIANTS, resolve_name
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import profile
-    from .resnest import ALIASES, VARIANTS, build
     print(f"{'model':<26} {'params':>9} {'GMACs':>7} {'input':>6}  notes")
     for name, spec in VARIANTS.items():
         net = build(name)
@@ -35,8 +26,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from . import profile
-    from .resnest import VARIANTS, build, resolve_name
     name = resolve_name(args.model)
     size = args.size or VARIANTS[name].input_size
     print(f"{name} at {size}x{size} (multiply-adds per image)")
@@ -46,7 +35,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run an unmodified script with gluon_resnest registered in GluonCV's zoo."""
-    import gluon_resnest  # noqa: F401  (registers)
+    integrations.register()
     script = args.script
     if not os.path.isfile(script):
         raise FileNotFoundError(f"script {script!r} does not exist")
@@ -69,37 +58,3 @@ def add_commands(sub) -> None:
     p.add_argument("script", help="path of the script")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     p.set_defaults(func=_cmd_run)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gluon-resnest",
-        description="ResNeSt (Split-Attention Networks) for MXNet/GluonCV: train, evaluate, "
-                    "predict, export, convert and inspect models.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod_name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as err:
-            if err.name and mod_name.startswith(err.name):  # not written yet: skip
-                continue
-            raise
-        mod.add_commands(sub)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        print(f"gluon-resnest {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

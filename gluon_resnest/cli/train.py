@@ -25,7 +25,7 @@ Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits; --resume continues from
 
 
 def _overrides(args: argparse.Namespace) -> List[Tuple[str, Any]]:
-    from .config import parse_override
+    from ..train.config import parse_override
     out = [parse_override(t) for t in args.overrides]
     out += [(k, v) for k, v in (args.set or [])]
     return out
@@ -37,14 +37,14 @@ def _config_name(args: argparse.Namespace) -> Any:
     if args.task in ("detection", "segmentation"):
         return None
     if args.data and args.data != "demo":
-        from ..resnest import resolve_name
+        from ..model.variants import resolve_name
         return f"imagenet/{resolve_name(args.model or 'resnest50')}"
     return "demo"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import checkpoint
-    from .config import format_config, load_config, resolve
+    from ..train import checkpoint
+    from ..train.config import format_config, load_config, resolve
     overrides = _overrides(args)
     if args.resume and args.config:
         raise ValueError("give either --resume (the run's own config is used) or -c/--config")
@@ -59,7 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         shortcuts.append(("optim.batch_size", args.batch_size))
     resume = None
     if args.resume:
-        from .config import apply_overrides
+        from ..train.config import apply_overrides
         resume = checkpoint.resolve_checkpoint(args.resume)
         meta = checkpoint.read_meta(resume)
         cfg = resolve(apply_overrides(meta["config"], shortcuts + overrides), resume)
@@ -77,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print("resolved config:")
     print(format_config(cfg))
     print(flush=True)
-    from .trainer import NonFiniteLossError, TrainingInterrupted, run
+    from ..train.trainer import NonFiniteLossError, TrainingInterrupted, run
     try:
         summary = run(cfg, out_dir=out, resume=resume)
     except TrainingInterrupted as err:
@@ -141,8 +141,8 @@ def _test_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data import BatchLoader, open_source
-    from .inference import describe, evaluate, load_model
+    from ..train.data import BatchLoader, open_source
+    from ..train.inference import describe, evaluate, load_model
     model = load_model(args.model, overrides=_test_overrides(args))
     path = args.data
     if path != "demo" and os.path.isdir(os.path.join(os.path.expanduser(path), "val")):
@@ -170,7 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import load_model, predict_files
+    from ..train.inference import load_model, predict_files
     model = load_model(args.model, overrides=_test_overrides(args))
     for r in predict_files(model, args.images, topk=args.topk):
         print(r["file"])
@@ -180,7 +180,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from .data import DigitsSource, write_folder, write_record
+    from ..train.data import DigitsSource, write_folder, write_record
     for split in ("train", "val"):
         src = DigitsSource(split, args.size)
         if args.format in ("folder", "both"):

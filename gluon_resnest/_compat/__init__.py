@@ -55,3 +55,20 @@ def import_timm():
     except ImportError:
         pass
     return importlib.import_module("timm")
+
+
+def gluoncv_model_table() -> dict:
+    """GluonCV's private name table ``gluoncv.model_zoo.model_zoo._models`` (name -> constructor)."""
+    gluoncv = import_gluoncv()
+    try:
+        from gluoncv.model_zoo import model_zoo as gcv_zoo
+        table = gcv_zoo._models
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(
+            f"gluon_resnest cannot register in GluonCV {gluoncv.__version__}: "
+            f"gluoncv.model_zoo.model_zoo._models is missing ({err}). Supported: gluoncv "
+            f"0.10.5.post0") from None
+    if not isinstance(table, dict):
+        raise RuntimeError(f"GluonCV {gluoncv.__version__}: model_zoo._models is a "
+                           f"{type(table).__name__}, expected a dict")
+    return table

@@ -1,0 +1,4 @@
+"""Where gluon_resnest plugs into other libraries: GluonCV's model zoo (:mod:`.gluoncv`)."""
+from .gluoncv import register
+
+__all__ = ["register"]

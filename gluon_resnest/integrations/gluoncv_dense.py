@@ -1,0 +1,58 @@
+"""Detection and segmentation names in GluonCV's model zoo (called from ``register``).
+
+Adds :data:`~gluon_resnest.dense.registry.DENSE_MODELS` to GluonCV's name table, wraps
+``custom_faster_rcnn_fpn`` / ``custom_mask_rcnn_fpn`` so a ResNeSt ``base_network_name`` builds
+on our backbone (others go to GluonCV's own), and routes GluonCV's segmentation backbone lookup
+to our dilated ResNeSt. The GluonCV internals involved live in ``_compat.gluoncv_dense``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict
+
+from .._compat.gluoncv_dense import _fail, patch_segmentation_backbone
+from ..dense.registry import CUSTOM_MODELS, DENSE_MODELS
+from ..dense.segmentation import dilated_backbone
+from ..model.variants import resolve_name
+
+__all__ = ["register_dense", "is_resnest_name"]
+
+
+def is_resnest_name(name: Any) -> bool:
+    """True if ``name`` is one of this package's ResNeSt variants (or aliases)."""
+    try:
+        resolve_name(name)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _custom_dispatch(name: str, ours: Callable[..., Any], theirs: Callable[..., Any]):
+    @functools.wraps(ours)
+    def make(*args: Any, **kwargs: Any):
+        base = kwargs.get("base_network_name", "resnet18_v1b")
+        if is_resnest_name(base):
+            return ours(*args, **kwargs)
+        return theirs(*args, **kwargs)
+    make.__name__ = make.__qualname__ = name
+    make._gluon_resnest = True
+    make._gluoncv_original = theirs
+    return make
+
+
+def register_dense(gcv_models: Dict[str, Callable[..., Any]]) -> None:
+    """Add the detection/segmentation names to GluonCV's table ``gcv_models`` (idempotent).
+
+    Also wraps the custom R-CNN constructors and patches the segmentation backbone lookup.
+    """
+    if not isinstance(gcv_models, dict):
+        _fail(f"the model table is a {type(gcv_models).__name__}, expected a dict")
+    for name, fn in DENSE_MODELS.items():
+        gcv_models[name] = fn
+    for name, fn in CUSTOM_MODELS.items():
+        current = gcv_models.get(name)
+        if current is None:
+            _fail(f"gluoncv.model_zoo has no {name!r}")
+        if not getattr(current, "_gluon_resnest", False):
+            gcv_models[name] = _custom_dispatch(name, fn, current)
+    patch_segmentation_backbone(dilated_backbone)
