@@ -38,12 +38,14 @@ INSTALL_REQUIRES = [
 ]
 
 # The torch extra converts PyTorch checkpoints; the test extra also brings timm, the official
-# `resnest` package and onnxruntime, to compare against them. torchvision 0.28.0 (pulled by
-# timm) cannot load its C ops next to the CPU torch wheel; tests/test_convert.py explains the
-# one-module shim it uses.
+# `resnest` package and onnxruntime, to compare against them, and import-linter, which CI runs
+# to keep the import direction (checked with 2.17: its acyclic_siblings contract). torchvision
+# 0.28.0 (pulled by timm) cannot load its C ops next to the CPU torch wheel;
+# tests/test_convert.py explains the one-module shim it uses.
 TEST_REQUIRES = [
     "pytest>=7", "ruff>=0.4", "torch==2.13.0", "torchvision==0.28.0", "timm==1.0.29",
     "resnest==0.0.5", "safetensors>=0.4", "onnx==1.18.0", "onnxruntime==1.30.0",
+    "import-linter>=2.17,<3",
 ]
 
 setup(

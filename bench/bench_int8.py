@@ -33,12 +33,13 @@ from mxnet import autograd
 
 import gluon_resnest
 from gluon_resnest.deploy import export as gexport
+from gluon_resnest.deploy.int8 import _rel_rms
+from gluon_resnest.model.variants import IMAGENET_MEAN as MEAN
+from gluon_resnest.model.variants import IMAGENET_STD as STD
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_resnest import gluoncv_resnet50_v1d, make_infer, timed  # noqa: E402
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _batches(net, x: np.ndarray, bs: int = 128) -> np.ndarray:
@@ -47,7 +48,7 @@ def _batches(net, x: np.ndarray, bs: int = 128) -> np.ndarray:
 
 def _agreement(fp32: np.ndarray, int8: np.ndarray, labels=None) -> Dict[str, float]:
     out = {"top1_agreement": float((fp32.argmax(1) == int8.argmax(1)).mean()),
-           "rel_rms_logits": gexport._rel_rms(int8, fp32), "n": int(len(fp32))}
+           "rel_rms_logits": _rel_rms(int8, fp32), "n": int(len(fp32))}
     if labels is not None:
         out["fp32_accuracy"] = float((fp32.argmax(1) == labels).mean())
         out["int8_accuracy"] = float((int8.argmax(1) == labels).mean())
@@ -56,26 +57,27 @@ def _agreement(fp32: np.ndarray, int8: np.ndarray, labels=None) -> Dict[str, flo
 
 # -- 1. the trained demo -------------------------------------------------------------------------
 def trained_demo(tmp: str) -> Dict[str, dict]:
-    from gluon_resnest.train.data import DigitsSource, eval_transform
-    from gluon_resnest.train.inference import load_model
+    from gluon_resnest.train.data import DigitsSource
+    from gluon_resnest.train.inference import load
     run = os.path.join(tmp, "demo")
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "gluon_resnest", "train", "--out", run],
                    check=True, capture_output=True, text=True)
     print(f"  demo trained in {time.time() - t0:.0f} s", flush=True)
-    model = load_model(os.path.join(run, "best.ckpt"))
+    model = load(os.path.join(run, "best.ckpt"))
 
     def split(name):
         src = DigitsSource(name, 32)
-        return np.stack([eval_transform(im, model.data) for im in src.images]), src.labels
+        return np.stack([model.preprocess(im) for im in src.images]), src.labels
     xtr, _ = split("train")
     xva, yva = split("val")
-    fp32 = _batches(model.net, xva)
+    fp32 = _batches(model.block, xva)
     calib = xtr[np.random.RandomState(0).permutation(len(xtr))[:64]]
     out = {}
     for name, source in (("calibrated on 64 training digits", calib),
                          ("calibrated on 64 generated images", "generated")):
-        q = gexport.quantize_int8(model.net, source, num_calib=64, size=32)
+        q = gexport.quantize_int8(model.block, source, num_calib=64,
+                                  transform=model.meta.transform)
         out[name] = {**_agreement(fp32, _batches(q, xva), yva),
                      "graph": gexport.graph_transitions(q)}
     return out

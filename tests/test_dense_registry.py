@@ -23,6 +23,7 @@ EXPECTED = (
     + [f"faster_rcnn_fpn_resnest{d}_{s}" for d in (50, 101) for s in ("coco", "voc")]
     + [f"mask_rcnn_fpn_syncbn_resnest{d}_coco" for d in (50, 101)]
     + [f"mask_rcnn_fpn_resnest{d}_coco" for d in (50, 101)]
+    + [f"mask_rcnn_fpn_bn_resnest{d}_coco" for d in (50, 101)]
     + [f"deeplab_resnest{d}_ade" for d in (50, 101, 200, 269)]
     + [f"deeplab_resnest{d}_citys" for d in (50, 101)])
 
@@ -40,6 +41,75 @@ def test_gluoncv_script_names_resolve():
     for network in ("resnest50", "resnest101", "resnest269"):
         name = "_".join(("faster_rcnn", "fpn", "syncbn", network, "coco"))
         assert model_zoo._models[name] is DENSE_MODELS[name]
+    # train_mask_rcnn.py --use-fpn [--norm-layer bn]: '_'.join(('mask_rcnn', 'fpn'[, 'bn'], ...))
+    for network in ("resnest50", "resnest101"):
+        for module_list, norm in ((("fpn", "bn"), "syncbn"), (("fpn",), "frozen")):
+            name = "_".join(("mask_rcnn", *module_list, network, "coco"))
+            assert model_zoo._models[name] is DENSE_MODELS[name]
+            assert parse_dense_name(name)["norm"] == norm, name
+
+
+def test_mask_rcnn_script_routes_build_ours():
+    """The three routes of GluonCV's train_mask_rcnn.py, with its arguments, for --network
+    resnest50 on one device: --norm-layer bn (SyncBatchNorm), no norm layer (frozen), and
+    custom-model (--norm-layer bn: SyncBatchNorm, sym_norm_kwargs={'ndev': 1})."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bn = get_model("mask_rcnn_fpn_bn_resnest50_coco", pretrained_base=False,
+                       per_device_batch_size=1, num_devices=1)
+        frozen = get_model("mask_rcnn_fpn_resnest50_coco", pretrained_base=False,
+                           per_device_batch_size=1)
+    assert isinstance(bn.backbone, ResNeSt) and bn.norm == "syncbn"
+    assert isinstance(bn.backbone.bn1, mx.gluon.contrib.nn.SyncBatchNorm)
+    assert frozen.norm == "frozen" and "use_global_stats=True" in repr(frozen.backbone.bn1)
+    assert _fpn_norms(bn) and not _fpn_norms(frozen)
+
+    from gluoncv.data import COCODetection
+    custom = dict(num_fpn_filters=256, num_box_head_conv=4, num_box_head_conv_filters=256,
+                  num_box_head_dense_filters=1024, short=800, max_size=1333, min_stage=2,
+                  max_stage=6, nms_thresh=0.5, nms_topk=-1, post_nms=-1, roi_mode="align",
+                  roi_size=[14, 14], strides=[4, 8, 16, 32, 64], clip=4.14, rpn_channel=256,
+                  base_size=16, scales=[2, 4, 8, 16, 32], ratios=[0.5, 1, 2],
+                  alloc_size=[384, 384], rpn_nms_thresh=0.7, rpn_train_pre_nms=12000,
+                  rpn_train_post_nms=2000, rpn_test_pre_nms=6000, rpn_test_post_nms=1000,
+                  rpn_min_size=1, per_device_batch_size=1, num_sample=512, pos_iou_thresh=0.5,
+                  pos_ratio=0.25, max_num_gt=100, target_roi_scale=2, num_fcn_convs=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_model("custom_mask_rcnn_fpn", classes=COCODetection.CLASSES, transfer=None,
+                        dataset="coco", pretrained_base=False, base_network_name="resnest50",
+                        norm_layer=mx.gluon.contrib.nn.SyncBatchNorm,
+                        norm_kwargs={"num_devices": 1},
+                        sym_norm_kwargs={"ndev": 1, "eps": 1e-3}, **custom)
+    assert isinstance(net.backbone, ResNeSt) and net.norm == "syncbn"
+    assert net.model_name == "mask_rcnn_fpn_syncbn_resnest50_coco" and len(net.classes) == 80
+    norms = _fpn_norms(net)
+    assert norms and all(n["attrs"]["ndev"] == "1" for n in norms)
+    assert all(float(n["attrs"]["eps"]) == 1e-3 for n in norms)    # sym_norm_kwargs is used
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sym_norm_kwargs={"ndev": 1}), "the FPN has no norm layer"),
+    (dict(norm_layer=mx.gluon.contrib.nn.SyncBatchNorm, sym_norm_kwargs={"groups": 8}),
+     r"unknown key\(s\) \['groups'\]"),
+    (dict(norm_layer=mx.gluon.contrib.nn.SyncBatchNorm, norm_kwargs={"num_devices": 2},
+          sym_norm_kwargs={"ndev": 4}), "contradicts num_devices=2"),
+    (dict(norm_kwargs={"groups": 8}), r"norm_kwargs: unsupported key\(s\) \['groups'\]"),
+    (dict(norm_layer=mx.gluon.nn.GroupNorm), "norm_layer must be"),
+])
+def test_custom_norm_arguments_are_used_or_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CUSTOM_MODELS["custom_mask_rcnn_fpn"](classes=["a"], base_network_name="resnest50",
+                                              pretrained_base=False, **kwargs)
+
+
+def _fpn_norms(net):
+    """The FPN's symbolic norm nodes (SyncBatchNorm or BatchNorm) with their attributes."""
+    import json
+    nodes = json.loads(net.features(mx.sym.var("data"))[0].tojson())["nodes"]
+    # GluonCV names the FPN's SyncBatchNorm P{i}_*_bn, this package its BatchNorm fpn_bn{i}
+    return [n for n in nodes if n["op"] in ("_contrib_SyncBatchNorm", "BatchNorm")
+            and n["name"].startswith(("P", "fpn_bn"))]
 
 
 def test_registering_twice_is_harmless():
@@ -127,3 +197,30 @@ def _walk(block):
     yield block
     for child in block._children.values():
         yield from _walk(child)
+
+
+LAZY = """
+import sys
+import gluon_resnest
+from gluoncv.model_zoo import model_zoo, segbase
+from gluon_resnest.dense.registry import CUSTOM_MODELS, DENSE_MODELS
+dense = ("gluon_resnest.dense.detection", "gluon_resnest.dense.segmentation")
+print(all(model_zoo._models[n] is DENSE_MODELS[n] for n in DENSE_MODELS),
+      all(getattr(model_zoo._models[n], "_gluon_resnest", False) for n in CUSTOM_MODELS),
+      [m for m in dense if m in sys.modules])
+net = segbase.get_backbone("resnest14", pretrained=False, dilated=True)
+print(type(net).__name__, net.output_stride, [m for m in dense if m in sys.modules])
+"""
+
+
+def test_import_registers_every_name_without_loading_dense_code():
+    """``import gluon_resnest`` registers every dense name; the detection/segmentation modules
+    load when a dense model (here GluonCV's backbone lookup) is first built."""
+    import os
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "True True []", "ResNeSt 8 ['gluon_resnest.dense.segmentation']"]

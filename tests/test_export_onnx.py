@@ -10,9 +10,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 from conftest import randomize
+from mxnet.gluon import HybridBlock, nn
 
 from gluon_resnest.cli import main
-from gluon_resnest.deploy import export as ex
+from gluon_resnest.deploy.onnx import ONNX_OPSET, export_onnx, run_onnx
+from gluon_resnest.deploy.symbol import export_symbol, fold_constants, load_symbol
 from gluon_resnest.model.resnest import build
 
 onnx = pytest.importorskip("onnx", reason="needs the onnx/test extra (pip install -e '.[test]')")
@@ -43,9 +45,9 @@ def _net(name, overrides, seed=0):
 @pytest.mark.parametrize("name,overrides", CASES)
 def test_onnxruntime_matches_mxnet(tmp_path, name, overrides):
     net = _net(name, overrides)
-    path = ex.export_onnx(net, str(tmp_path / f"{name}.onnx"), size=SIZE)
+    path = export_onnx(net, str(tmp_path / f"{name}.onnx"), size=SIZE)
     model = onnx.load(path)
-    assert [(o.domain, o.version) for o in model.opset_import] == [("", ex.ONNX_OPSET)]
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", ONNX_OPSET)]
     assert [i.name for i in model.graph.input] == ["data"]
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
@@ -58,28 +60,65 @@ def test_onnxruntime_matches_mxnet(tmp_path, name, overrides):
     for batch in (1, 3):
         x = rng.normal(size=(batch, 3, SIZE, SIZE)).astype(np.float32)
         ref = net(mx.nd.array(x)).asnumpy()
-        out = ex.run_onnx(path, x)
+        out = run_onnx(path, x)
         assert out.shape == ref.shape == (batch, 10)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
 
 
 def test_dynamic_spatial_and_resnest50(tmp_path):
     net = _net("resnest50", {}, seed=3)
-    path = ex.export_onnx(net, str(tmp_path / "r50.onnx"), size=SIZE, dynamic_spatial=True)
+    path = export_onnx(net, str(tmp_path / "r50.onnx"), size=SIZE, dynamic_spatial=True)
     dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
     assert not dims[2].dim_value and not dims[3].dim_value
     x = np.random.RandomState(2).normal(size=(2, 3, 96, 96)).astype(np.float32)
-    np.testing.assert_allclose(ex.run_onnx(path, x), net(mx.nd.array(x)).asnumpy(),
+    np.testing.assert_allclose(run_onnx(path, x), net(mx.nd.array(x)).asnumpy(),
                                rtol=0, atol=1e-4)
 
 
-def test_fold_constants_keeps_outputs(tmp_path):
+class _WithConstants(HybridBlock):
+    """In-graph constants (``_full``, ``_ones``, ``_zeros``) and a ``BlockGrad``: a channel
+    average written as a 1x1 convolution with fixed weights, plus constant offsets."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = nn.Conv2D(4, 3, padding=1, in_channels=3)
+
+    def hybrid_forward(self, F, x):
+        avg = F.full((4, 4, 1, 1), 0.25)
+        y = F.Convolution(F.BlockGrad(self.conv(x)), avg, kernel=(1, 1), num_filter=4,
+                          no_bias=True)
+        return F.broadcast_add(F.broadcast_add(y, F.ones((1, 4, 1, 1))), F.zeros((1, 4, 1, 1)))
+
+
+def test_fold_constants_turns_constants_into_parameters(tmp_path):
+    net = _WithConstants()
+    net.initialize(mx.init.Normal(0.5))
+    x = mx.nd.array(np.random.RandomState(5).normal(size=(2, 3, 8, 8)).astype(np.float32))
+    ref = net(x).asnumpy()
+    prefix = str(tmp_path / "m")
+    sym_file, _ = export_symbol(net, prefix, size=8, fold=False)
+    ops = [n["op"] for n in json.load(open(sym_file))["nodes"]]
+    assert {"_full", "_ones", "_zeros", "BlockGrad"} <= set(ops)
+    assert fold_constants(prefix) == 4                  # three constants, one identity
+    nodes = json.load(open(sym_file))["nodes"]
+    assert not {n["op"] for n in nodes} & {"_full", "_zeros", "_ones", "BlockGrad"}
+    params = mx.nd.load(f"{prefix}-0000.params")
+    full = [k for k in params if "full" in k]
+    assert len(full) == 1 and np.all(params[full[0]].asnumpy() == 0.25)
+    np.testing.assert_allclose(load_symbol(prefix)(x).asnumpy(), ref, rtol=0, atol=1e-5)
+    assert fold_constants(prefix) == 0                  # nothing left to fold
+    path = export_onnx(net, str(tmp_path / "m.onnx"), size=8)   # needs the weights as params
+    np.testing.assert_allclose(run_onnx(path, x.asnumpy()), ref, rtol=0, atol=1e-5)
+
+
+def test_resnest_export_keeps_outputs(tmp_path):
     net = _net("resnest14", {}, seed=4)
-    sym_file, params_file = ex.export_symbol(net, str(tmp_path / "m"), size=SIZE)
+    sym_file, params_file = export_symbol(net, str(tmp_path / "m"), size=SIZE)
     ops = {n["op"] for n in json.load(open(sym_file))["nodes"]}
     assert not ops & {"_full", "_zeros", "_ones", "BlockGrad"}
     x = mx.nd.array(np.random.RandomState(5).normal(size=(2, 3, 80, 80)).astype(np.float32))
-    np.testing.assert_allclose(ex.load_symbol(str(tmp_path / "m"))(x).asnumpy(),
+    np.testing.assert_allclose(load_symbol(str(tmp_path / "m"))(x).asnumpy(),
                                net(x).asnumpy(), rtol=0, atol=1e-5)
 
 
@@ -94,11 +133,19 @@ def test_cli_export_onnx_and_symbol(tmp_path, capsys):
     assert f"wrote {out}.onnx (ONNX opset 13" in text and "max |diff|" in text
     assert main(["export", "resnest14", "--params", str(params), "--classes", "10",
                  "--size", "64", "--out", str(out)]) == 0
-    assert (tmp_path / "r14-symbol.json").is_file() and "reloaded vs original" in \
+    assert (tmp_path / "r14-symbol.json").is_file() and "check: reloaded vs the source" in \
         capsys.readouterr().out
-    # an exported prefix is a valid MODEL too
-    assert main(["export", str(out), "--format", "onnx", "--size", "64",
-                 "--out", str(tmp_path / "again")]) == 0
+    # an exported prefix is a valid MODEL too: its ONNX file lands beside it, at the size
+    # its metadata records (64, not the variant's 224), with that metadata inside
+    (tmp_path / "r14.onnx").unlink()
+    assert main(["export", str(out), "--format", "onnx"]) == 0
+    assert f"wrote {out}.onnx (ONNX opset 13, input 'data' (batch, 3, 64, 64)" in \
+        capsys.readouterr().out
+    model = onnx.load(str(tmp_path / "r14.onnx"))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[2:]] == [64, 64]
+    record = json.loads({p.key: p.value for p in model.metadata_props}["gluon_resnest"])
+    assert (record["variant"], record["input_size"], record["num_classes"]) == \
+        ("resnest14", 64, 10)
 
 
 def test_cli_export_errors(tmp_path, capsys):
@@ -116,6 +163,6 @@ def test_cli_export_errors(tmp_path, capsys):
 
 def test_uninitialised_net_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not initialised"):
-        ex.export_onnx(build("resnest14"), str(tmp_path / "x.onnx"))
+        export_onnx(build("resnest14"), str(tmp_path / "x.onnx"))
     with pytest.raises(TypeError, match="HybridBlock"):
-        ex.export_onnx(object(), str(tmp_path / "x.onnx"))
+        export_onnx(object(), str(tmp_path / "x.onnx"))

@@ -90,3 +90,23 @@ def test_training_gradients_match_gluoncv(tmp_path):
         scale = np.abs(g_ref).max()
         assert scale > 0, key
         np.testing.assert_allclose(grads[1][key], g_ref, rtol=0, atol=1e-9 * scale, err_msg=key)
+
+
+def test_private_member_checks_fail_loudly_on_other_versions(monkeypatch):
+    """_compat names MXNet's and GluonCV's private members once and refuses versions it was
+    not checked against, naming the installed one."""
+    import types
+
+    from gluon_resnest import _compat
+    from gluon_resnest._compat import mxnet_blocks
+
+    monkeypatch.setattr(mx, "__version__", "2.0.0")
+    with pytest.raises(RuntimeError, match=r"needs MXNet 1\.9\.x .*MXNet 2\.0\.0"):
+        mxnet_blocks._check_mxnet()
+    monkeypatch.undo()
+    mxnet_blocks._check_mxnet()                             # the installed 1.9.1 passes
+    monkeypatch.delattr(mx.gluon.Parameter, "_load_init")
+    with pytest.raises(RuntimeError, match="lacks Parameter._load_init"):
+        mxnet_blocks._check_mxnet()
+    with pytest.raises(RuntimeError, match="installed: gluoncv 0.12.0"):
+        _compat.check_gluoncv_version(types.SimpleNamespace(__version__="0.12.0"), "x")

@@ -17,11 +17,15 @@ import pytest
 from mxnet import autograd
 
 from gluon_resnest.cli import main
-from gluon_resnest.deploy import export as ex
+from gluon_resnest.data.transforms import EvalTransform
+from gluon_resnest.deploy import bf16, int8
+from gluon_resnest.deploy.artifact import read_meta
+from gluon_resnest.deploy.symbol import export_symbol, load_symbol
 from gluon_resnest.model.resnest import StageFeatures, build
+from gluon_resnest.model.variants import IMAGENET_MEAN as MEAN
+from gluon_resnest.model.variants import IMAGENET_STD as STD
 
 SIZE = 32
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _digits():
@@ -67,16 +71,16 @@ def _predict(block, x):
 def test_int8_agrees_with_fp32_on_real_digits(digits_model):
     net, _, x, y, val, logits = digits_model
     assert (logits[val].argmax(1) == y[val]).mean() > 0.9   # the reference is a real classifier
-    q = ex.quantize_int8(net, "generated", num_calib=32, size=SIZE)
+    q = int8.quantize_int8(net, "generated", num_calib=32, size=SIZE)
     agree = (_predict(q, x[val]) == logits[val].argmax(1)).mean()
     assert agree >= 0.95, f"INT8/FP32 top-1 agreement {agree:.3f} on 797 digits"
     # int8 <-> fp32 conversions: at most 4 per bottleneck (+2 at the ends), not per op
-    t = ex.graph_transitions(q)
+    t = int8.graph_transitions(q)
     blocks = 4
     assert t["quantize"] + t["dequantize"] <= 4 * blocks + 2, t
     assert t["int8_ops"] >= 12, t
     # the attention MLP and GAP (1x1 maps) stay FP32: 4 blocks x (GAP, fc1, fc2)
-    nodes = {n["name"]: n["op"] for n in json.loads(q._cached_graph[1].tojson())["nodes"]}
+    nodes = {n["name"]: n["op"] for n in json.loads(q(mx.sym.var("data")).tojson())["nodes"]}
     kept = q.int8_info["fp32_layers"]
     assert sum(bool(re.search(r"splitattention\d+_pooling0", k)) for k in kept) == blocks
     assert len(kept) >= 3 * blocks
@@ -84,7 +88,7 @@ def test_int8_agrees_with_fp32_on_real_digits(digits_model):
         assert layer in nodes and f"quantized_{layer}" not in nodes
     # MXNet's INT8 grouped conv is wrong here, so every Split-Attention conv is split into
     # dense ones and all convolutions run in INT8 (none is left grouped in FP32)
-    assert q.int8_info["grouped_conv_split"] == (0 if ex.grouped_int8_ok() else blocks)
+    assert q.int8_info["grouped_conv_split"] == (0 if int8.grouped_int8_ok() else blocks)
     assert q.int8_info["grouped_conv_fp32"] == 0
 
 
@@ -98,10 +102,11 @@ def test_int8_calibration_from_a_folder(digits_model, tmp_path):
         Image.fromarray(img).save(folder / f"{i:03d}.png")
     (folder / "broken.png").write_bytes(b"not a png")          # skipped
     (folder / "notes.txt").write_text("ignored")
-    images = ex.folder_images(str(tmp_path / "calib"), 64, SIZE, crop_pct=1.0, mean=MEAN, std=STD)
+    transform = EvalTransform(SIZE, 1.0, "bilinear", MEAN, STD)   # the data's preprocessing
+    images = int8.folder_images(str(tmp_path / "calib"), 64, transform)
     assert images.shape == (24, 3, SIZE, SIZE)
     np.testing.assert_allclose(images[0], x[0], atol=0.02)      # same transform as the data
-    q = ex.quantize_int8(net, str(tmp_path / "calib"), num_calib=24, size=SIZE)
+    q = int8.quantize_int8(net, str(tmp_path / "calib"), num_calib=24, transform=transform)
     assert q.int8_info["num_calib"] == 24
     agree = (_predict(q, x[val]) == logits[val].argmax(1)).mean()
     assert agree >= 0.95, f"INT8/FP32 top-1 agreement {agree:.3f} (folder calibration)"
@@ -119,9 +124,9 @@ def test_grouped_conv_probe_detects_wrong_int8():
     net.hybridize()
     xin = np.maximum(rng.normal(size=(4, 16, 8, 8)), 0).astype(np.float32)
     ref = net(mx.nd.array(xin)).asnumpy()
-    q = ex._quantize(net, xin, [], "naive", 4)
-    err = ex._rel_rms(q(mx.nd.array(xin)).asnumpy(), ref)
-    assert (err < 0.05) == ex.grouped_int8_ok(), err
+    q = int8._quantize(net, xin, [], "naive", 4)
+    err = int8._rel_rms(q(mx.nd.array(xin)).asnumpy(), ref)
+    assert (err < 0.05) == int8.grouped_int8_ok(), err
 
 
 @pytest.mark.parametrize("name, blocks, groups", [
@@ -142,8 +147,8 @@ def test_split_grouped_convs_is_exact(tmp_path, name, blocks, groups):
     x = mx.nd.array(rng.normal(size=(3, 3, SIZE, SIZE)))
     ref = net(x).asnumpy()
     prefix = str(tmp_path / "m")
-    ex.export_symbol(net, prefix, SIZE)
-    assert ex.split_grouped_convs(prefix) == blocks
+    export_symbol(net, prefix, SIZE)
+    assert int8.split_grouped_convs(prefix) == blocks
     nodes = json.load(open(prefix + "-symbol.json"))["nodes"]
     grouped = [n["name"] for n in nodes if n["op"] == "Convolution"
                and int(n["attrs"].get("num_group", 1)) > 1]
@@ -151,14 +156,14 @@ def test_split_grouped_convs_is_exact(tmp_path, name, blocks, groups):
     assert all(re.search(r"splitattention\d+_conv[12]_fwd$", g) for g in grouped), grouped
     concats = [n for n in nodes if n["op"] == "Concat"]
     assert len(concats) == blocks and all(len(n["inputs"]) == groups for n in concats)
-    out = ex.load_symbol(prefix)(x).asnumpy()
+    out = load_symbol(prefix)(x).asnumpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    assert ex.split_grouped_convs(prefix) == 0            # nothing grouped is left
+    assert int8.split_grouped_convs(prefix) == 0            # nothing grouped is left
 
 
 def test_generated_images_are_deterministic_and_normalised():
-    a = ex.generated_images(8, 48, seed=3)
-    np.testing.assert_array_equal(a, ex.generated_images(8, 48, seed=3))
+    a = int8.generated_images(8, 48, MEAN, STD, seed=3)
+    np.testing.assert_array_equal(a, int8.generated_images(8, 48, MEAN, STD, seed=3))
     raw = a * np.array(STD).reshape(1, 3, 1, 1) + np.array(MEAN).reshape(1, 3, 1, 1)
     assert a.shape == (8, 3, 48, 48) and raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
     assert raw.std() > 0.1
@@ -168,18 +173,18 @@ def test_calibration_errors(tmp_path):
     net = build("resnest14", classes=10)
     net.initialize()
     with pytest.raises(FileNotFoundError, match="calibration folder"):
-        ex.quantize_int8(net, str(tmp_path / "missing"), size=SIZE)
+        int8.quantize_int8(net, str(tmp_path / "missing"), size=SIZE)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
-        ex.quantize_int8(net, str(tmp_path / "empty"), size=SIZE)
+        int8.quantize_int8(net, str(tmp_path / "empty"), size=SIZE)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.jpg").write_bytes(b"xx")
     with pytest.raises(ValueError, match="could be read"):
-        ex.quantize_int8(net, str(tmp_path / "bad"), size=SIZE)
+        int8.quantize_int8(net, str(tmp_path / "bad"), size=SIZE)
     with pytest.raises(ValueError, match="calib_mode"):
-        ex.quantize_int8(net, "generated", calib_mode="kl", size=SIZE)
+        int8.quantize_int8(net, "generated", calib_mode="kl", size=SIZE)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        ex.quantize_int8(net, np.zeros((2, 1, 32, 32), np.float32), size=SIZE)
+        int8.quantize_int8(net, np.zeros((2, 1, 32, 32), np.float32), size=SIZE)
 
 
 def test_cli_int8(tmp_path, capsys):
@@ -189,21 +194,24 @@ def test_cli_int8(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "INT8 (oneDNN): calibration: generated (16 images, naive)" in text
     assert "quantize and" in text and (tmp_path / "r14-int8-symbol.json").is_file()
-    block = ex.load_symbol(str(out))
+    block = load_symbol(str(out))
     assert block(mx.nd.zeros((2, 3, 32, 32))).shape == (2, 1000)
+    meta = read_meta(str(out))                      # the artifact says what it is
+    assert (meta.variant, meta.precision, meta.input_size) == ("resnest14", "int8", 32)
+    assert meta.details["int8"]["num_calib"] == 16
 
 
 def test_bf16_where_supported_else_clear_error(digits_model, capsys):
     net, _, x, _, val, logits = digits_model
-    ok, reason = ex.bf16_support()
+    ok, reason = bf16.bf16_support()
     if ok:
-        bf = ex.convert_bf16(net, size=SIZE)
+        bf = bf16.convert_bf16(net, size=SIZE)
         pred = np.concatenate([bf(mx.nd.array(x[val][i:i + 256])).astype("float32").asnumpy()
                                .argmax(1) for i in range(0, len(val), 256)])
         assert (pred == logits[val].argmax(1)).mean() >= 0.95
     else:
         assert "bfloat16" in reason
-        with pytest.raises(ex.UnsupportedOnThisCPU, match="BF16 is not available here"):
-            ex.convert_bf16(net, size=SIZE)
+        with pytest.raises(bf16.UnsupportedOnThisCPU, match="BF16 is not available here"):
+            bf16.convert_bf16(net, size=SIZE)
         assert main(["export", "resnest14", "--random", "--bf16", "--size", "32"]) == 2
         assert "BF16 is not available here" in capsys.readouterr().err

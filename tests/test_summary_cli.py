@@ -42,3 +42,17 @@ def test_list_marks_the_paper_rows(capsys):
         assert len(hits) == 1, row
         p, m = re.search(r"\s([\d.]+)M\s+([\d.]+)\s+224\s", hits[0]).groups()
         assert round(float(p), 1) == params and abs(float(m) - gmacs) / gmacs < 0.02, hits[0]
+
+
+def test_stage_macs_of_the_stem_and_head_by_hand():
+    """Per-stage counts (graphs cut after the stem and after each stage) against hand counts:
+    resnest14's stem at 224 is three 3x3 convs on 112x112 (3->32, 32->32, 32->64), its head
+    one 2048x1000 matrix; the stages sum to the whole-network count."""
+    from gluon_resnest.model import profile
+    from gluon_resnest.model.resnest import build
+    net = build("resnest14")
+    macs = profile.count_macs(net, 224, by_stage=True)
+    assert macs["stem"] == 112 * 112 * (32 * 3 * 9 + 32 * 32 * 9 + 64 * 32 * 9)
+    assert macs["head"] == 2048 * 1000
+    assert sum(macs.values()) == profile.count_macs(net, 224)
+    assert all(macs[f"layer{i}"] > 0 for i in range(1, 5))

@@ -2,14 +2,15 @@
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
 import pytest
+import yaml
 
 from gluon_resnest import cli
 from gluon_resnest.train import checkpoint as ck
@@ -58,6 +59,8 @@ def test_demo_trains_and_writes_every_output(demo):
                  "export/model-0000.params", "export/model-meta.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert re.search(r"export check: .* 360 validation images \(identical predictions", text)
+    with open(os.path.join(out, "config.yaml")) as f:
+        assert yaml.safe_load(f)["run"]["out"] == out                # the real run folder
     assert "epoch 1/3" in err                                     # the progress bar
 
 
@@ -139,21 +142,53 @@ def test_corrupt_images_error_or_skip_and_count(tmp_path, capsys):
     assert "skipped 1 unreadable training image(s)" in text
 
 
-def test_dense_tasks_are_delegated(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gluon_resnest.dense.train", None)   # not installed
-    code, _, err = gr(capsys, "train", "--task", "detection")
-    assert code == 2 and "needs gluon_resnest.dense.train" in err
-    calls = []
-    fake = types.ModuleType("gluon_resnest.dense.train")
-    fake.run = lambda cfg, out_dir: calls.append((cfg, out_dir)) or {"map": 0.5}
-    monkeypatch.setitem(sys.modules, "gluon_resnest.dense.train", fake)
-    cfg_file = tmp_path / "seg.yaml"
-    cfg_file.write_text("task: segmentation\nsolver:\n  lr: 0.01\n")
-    code, text, err = gr(capsys, "train", "-c", str(cfg_file), "solver.lr=0.02", "--out",
-                         str(tmp_path / "o"))
+def test_train_data_without_a_config_fine_tunes_a_recipe_sized_to_the_data(demo, tmp_path,
+                                                                          capsys):
+    """`train --data DIR` without -c: configs/finetune.yaml with the folder's classes, a batch
+    no larger than the data and the warm-up inside the epochs, and it says so (it once took
+    the ImageNet recipe: batch 8192, 1000 classes, 5 warm-up epochs). Here it fine-tunes the
+    demo's network (its checkpoint, layout and size) on 6 of the digits."""
+    _, out, _, _ = demo
+    folder = tmp_path / "small"
+    D.write_folder(D.SubsetSource(D.DigitsSource("val", 32), np.arange(0, 360, 9), "40"),
+                   str(folder))
+    for c in "6789":
+        shutil.rmtree(folder / c)
+    images = sum(len(os.listdir(folder / c)) for c in "012345")
+    run_dir = str(tmp_path / "run")
+    code, text, err = gr(capsys, "train", "--data", str(folder), "--model", "resnest14",
+                         "model.kwargs={radix: 2, bottleneck_width: 16, stem_width: 16}",
+                         f"model.pretrained={os.path.join(out, 'best.ckpt')}",
+                         "data.train_size=32", "data.test_size=32", "data.crop_pct=1",
+                         "--epochs", "2", "run.progress=false", "--out", run_dir)
     assert code == 0, err
-    assert calls == [({"task": "segmentation", "solver": {"lr": 0.02}}, str(tmp_path / "o"))]
-    assert "map: 0.5" in text
+    n_train = images - round(images * 0.1)                 # finetune.yaml holds out 10 %
+    assert n_train < 32                                    # smaller than the recipe's batch
+    assert f"no -c given: fine-tuning resnest14 with configs/finetune.yaml sized to {folder}: " \
+           f"6 classes (from the data); batch {n_train} of {n_train} training images " \
+           f"(1 iteration(s) per epoch)" in text
+    assert "1 warm-up epoch(s) of 2" in text
+    assert "classifier re-initialised for 6 classes" in text and "finished 2 epochs" in text
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        saved = yaml.safe_load(f)
+    assert saved["model"]["classes"] == 6 and saved["optim"]["batch_size"] == n_train <= 32
+    assert saved["optim"]["warmup_epochs"] < saved["optim"]["epochs"] == 2
+    assert saved["run"]["out"] == run_dir
+
+
+def test_train_data_without_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
+    """Fine-tuning needs ImageNet weights; without them one clear error names the ways on,
+    before anything is built."""
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet"))
+    D.write_folder(D.SubsetSource(D.DigitsSource("val", 32), np.arange(30), "30"),
+                   str(tmp_path / "f"))
+    code, _, err = gr(capsys, "train", "--data", str(tmp_path / "f"), "--out",
+                      str(tmp_path / "run"))
+    assert code == 2 and "Traceback" not in err
+    assert "fine-tuning resnest50 starts from its ImageNet weights, and none were found" in err
+    for way in ("model.pretrained=FILE", "model.pretrained=null", "-c CONFIG"):
+        assert way in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_help_reads_well(capsys):

@@ -115,14 +115,152 @@ def test_missing_config_names_close_matches():
         C.load_config("imagenet/resnest5")
 
 
-def test_dense_task_configs_pass_through_unvalidated(tmp_path):
-    path = _write(tmp_path, "det.yaml", "task: detection\nrecipe:\n  anchors: 3\n")
-    cfg = C.load_config(path, [("recipe.anchors", "5"), ("extra.key", "x")])
-    assert cfg["task"] == "detection" and cfg["recipe"]["anchors"] == 5
-    assert cfg["extra"]["key"] == "x"
-    assert C.load_config(None, task="segmentation") == {"task": "segmentation"}
-    with pytest.raises(ValueError, match="task: 'tracking' is not one of"):
+def test_every_shipped_config_resolves():
+    """One loader for every task: each file in configs/ validates (keys, types, counts)."""
+    names = sorted(os.path.relpath(os.path.join(d, f), CONFIGS)[:-5]
+                   for d, _, fs in os.walk(CONFIGS) for f in fs
+                   if f.endswith(".yaml") and not f.startswith("_"))
+    assert len(names) >= 30
+    tasks = {}
+    for name in names:
+        cfg = C.load_config(name)
+        assert cfg == C.resolve(cfg), name                  # resolving is idempotent
+        tasks.setdefault(cfg["task"], []).append(name)
+    assert {t: len(v) > 0 for t, v in tasks.items()} == \
+        {"classification": True, "detection": True, "segmentation": True}
+
+
+def test_numbers_in_any_yaml_spelling(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) and 1.0e3 (unsigned exponent) as strings; every number
+    spelling is a number here, in files, overrides, --set values and Python dicts."""
+    cfg = C.load_config("demo", [C.parse_override("optim.lr=1e-3"), ("optim.wd", "5E-5"),
+                                 C.parse_override("optim.warmup_lr=1.0e-4"),
+                                 C.parse_override("optim.final_lr=.5e-6")])
+    assert (cfg["optim"]["lr"], cfg["optim"]["wd"]) == (0.001, 5e-05)
+    assert (cfg["optim"]["warmup_lr"], cfg["optim"]["final_lr"]) == (1e-4, 5e-7)
+    assert C.load_config("demo", [C.parse_override("optim.epochs=1e1")])["optim"]["epochs"] == 10
+    path = _write(tmp_path, "sci.yaml", "base: " + os.path.join(CONFIGS, "demo.yaml") +
+                  "\noptim: {lr: 2e-2, wd: 1e-5}\naug: {crop_area: [5e-1, 1]}\n")
+    cfg = C.load_config(path)
+    assert (cfg["optim"]["lr"], cfg["optim"]["wd"], cfg["aug"]["crop_area"]) == \
+        (0.02, 1e-05, [0.5, 1])
+    # detection: train.lr=1e-3 used to reach the schedule as the string '1e-3'
+    det = C.load_config("detection/shapes_faster_rcnn", [C.parse_override("train.lr=1e-3")])
+    assert det["train"]["lr"] == 0.001
+    assert C.resolve({"task": "segmentation", "train": {"lr": "2e-3"}})["train"]["lr"] == 0.002
+    # strings that only look like numbers stay errors
+    for bad in ("1e", "fast", "1e-3x"):
+        with pytest.raises(ValueError, match=f"optim.lr: expected a number, got '{bad}'"):
+            C.load_config("demo", [("optim.lr", bad)])
+    with pytest.raises(ValueError, match="train.lr: expected a finite number, got inf"):
+        C.load_config("detection/shapes_faster_rcnn", [C.parse_override("train.lr=.inf")])
+
+
+def test_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = str(tmp_path)
+    cfg = C.load_config("finetune", [
+        C.parse_override("model.pretrained=~/.mxnet/models/resnest50-bcfefe1d.params"),
+        ("data.train", "~/images"), ("data.val", "~/val.rec"), ("run.out", "~/runs/a")])
+    assert cfg["model"]["pretrained"] == os.path.join(home, ".mxnet/models/resnest50-bcfefe1d.params")
+    assert (cfg["data"]["train"], cfg["data"]["val"], cfg["run"]["out"]) == \
+        (os.path.join(home, "images"), os.path.join(home, "val.rec"), os.path.join(home, "runs/a"))
+    assert C.load_config("finetune", [("model.pretrained", True)])["model"]["pretrained"] is True
+    det = C.load_config("detection/voc_faster_rcnn_fpn_resnest50",
+                        [("data.root", "~/VOCdevkit"), ("model.pretrained_base", "~/r50.params")])
+    assert det["data"]["root"] == os.path.join(home, "VOCdevkit")
+    assert det["model"]["pretrained_base"] == os.path.join(home, "r50.params")
+    # config files themselves may be named with ~
+    (tmp_path / "mine.yaml").write_text("base: " + os.path.join(CONFIGS, "demo.yaml") + "\n")
+    assert C.load_config("~/mine.yaml")["model"]["name"] == "resnest14"
+
+
+def test_dense_keys_are_checked_with_suggestions(tmp_path):
+    path = _write(tmp_path, "det.yaml", "task: detection\ntrain:\n  lr_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"'train\.lr_rate' in .*det\.yaml; did you mean "
+                                         r"train\.lr_mode, train\.lr\b"):
+        C.load_config(path)
+    with pytest.raises(ValueError, match=r"'trian\.lr' in the command line; did you mean "
+                                         r"train\.lr\b.*task detection"):
+        C.load_config(None, [("trian.lr", 1)], task="detection")
+    with pytest.raises(ValueError, match=r"unknown config key 'optim\.lr'.*did you mean train\.lr"):
+        C.load_config("segmentation/shapes_deeplab", [C.parse_override("optim.lr=0.1")])
+    with pytest.raises(ValueError, match=r"model\.arch: 'deeplab' is not one of faster_rcnn_fpn"):
+        C.load_config(None, [("model.arch", "deeplab")], task="detection")
+    with pytest.raises(ValueError, match=r"model\.backbone: unknown ResNeSt variant "
+                                         r"'resnest51'.*'resnest50'"):
+        C.load_config(None, [("model.backbone", "resnest51")], task="segmentation")
+    with pytest.raises(ValueError, match=r"model\.norm: 'frozen' is not one of gn, bn, syncbn"):
+        C.load_config(None, [("model.norm", "frozen")], task="segmentation")
+    with pytest.raises(ValueError, match="config key data is a section; set its keys"):
+        C.load_config(None, [("data", 3)], task="detection")
+    with pytest.raises(TypeError, match="config key data in config: expected a mapping"):
+        C.resolve({"task": "detection", "data": 3})
+    with pytest.raises(ValueError, match="config key task in config: 'tracking' is not one of"):
         C.load_config(None, task="tracking")
+    with pytest.raises(ValueError, match="task 'detection' contradicts task: segmentation"):
+        C.load_config("segmentation/shapes_deeplab", task="detection")
+    # the task's defaults, complete
+    seg = C.load_config(None, task="segmentation")
+    assert seg == C.resolve({"task": "segmentation"})
+    assert seg["train"]["iterations"] == 40 and seg["model"]["arch"] == "deeplab"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.iterations=0", "train.iterations: expected a positive integer, got 0"),
+    ("train.iterations=-5", "train.iterations: expected a positive integer, got -5"),
+    ("train.iterations=2.5", "train.iterations: expected an integer, got 2.5"),
+    ("train.iterations=null", "set exactly one of train.iterations and train.epochs"),
+    ("train.epochs=0", "train.epochs: expected a positive integer, got 0"),
+    ("train.batch_size=0", "train.batch_size: expected a positive integer, got 0"),
+    ("train.warmup_iters=-1", "train.warmup_iters: must be >= 0, got -1"),
+    ("train.checkpoint_interval=0", "train.checkpoint_interval: expected a positive integer"),
+    ("data.num_train=0", "data.num_train: expected a positive integer, got 0"),
+    ("train.lr=0", "train.lr: must be > 0, got 0"),
+])
+def test_dense_counts_are_validated(override, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        C.load_config(None, [C.parse_override(override)], task="detection")
+
+
+def test_one_of_iterations_and_epochs():
+    """Naming one of the two nulls the other (a recipe of epochs overridden by iterations and
+    the reverse); a file naming both is an error."""
+    det = C.load_config(None, [("train.epochs", 2)], task="detection")
+    assert (det["train"]["iterations"], det["train"]["epochs"]) == (None, 2)
+    coco = C.load_config("detection/coco_faster_rcnn_fpn_syncbn_resnest50",
+                         [C.parse_override("train.iterations=100")])
+    assert (coco["train"]["iterations"], coco["train"]["epochs"]) == (100, None)
+    with pytest.raises(ValueError, match="set exactly one of train.iterations and train.epochs"):
+        C.resolve({"task": "detection", "train": {"iterations": 5, "epochs": 2}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.epochs=0", "optim.epochs: expected a positive integer, got 0"),
+    ("optim.epochs=-1", "optim.epochs: expected a positive integer, got -1"),
+    ("optim.batch_size=0", "optim.batch_size: expected a positive integer, got 0"),
+    ("run.stop_after=0", "run.stop_after: expected a positive integer, got 0"),
+    ("optim.warmup_epochs=20", r"optim.warmup_epochs: must be in \[0, epochs=10\], got 20"),
+    ("data.limit=0", "data.limit: expected a positive integer, got 0"),
+])
+def test_classification_counts_are_validated(override, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        C.load_config("demo", [C.parse_override(override)])
+
+
+def test_data_transform_defaults_come_from_the_variant():
+    """Unset sizes, crop, interpolation and mean/std are the variant's (model/variants.py),
+    so `-c finetune model.name=resnest101` trains and tests at 256 px."""
+    for name in ("resnest50", "resnest101", "resnest200"):
+        spec = VARIANTS[name]
+        d = C.load_config("finetune", [("model.name", name)])["data"]
+        assert (d["train_size"], d["test_size"], d["crop_pct"], d["interpolation"]) == \
+            (spec.input_size, spec.input_size, spec.crop_pct, spec.interpolation), name
+        assert (tuple(d["mean"]), tuple(d["std"])) == (spec.mean, spec.std)
+    d = C.load_config("finetune", [("model.name", "resnest101"), ("data.test_size", 288)])["data"]
+    assert (d["train_size"], d["test_size"]) == (256, 288)
+    demo = C.load_config("demo")["data"]
+    assert (demo["test_size"], demo["mean"]) == (32, [0.5, 0.5, 0.5])     # the file's own
 
 
 def test_format_config_round_trips():

@@ -1,4 +1,15 @@
-"""Imports that need a workaround in this environment.
+"""The only home of MXNet's and GluonCV's private members, and imports that need a workaround.
+
+Private members, each named once and checked when first used (a RuntimeError naming the
+installed version if one is missing or the version is not the supported one):
+
+* :mod:`.mxnet_blocks`: MXNet's Block/HybridBlock/Parameter internals (structural keys,
+  loading into a parameter, the traced-graph cache).
+* :mod:`.gluoncv_dense`: GluonCV's detection/segmentation internals.
+* here: GluonCV's model name table (:func:`gluoncv_model_table`) and its DropBlock class
+  (:func:`gluoncv_dropblock_class`).
+
+Imports:
 
 * ``import gluoncv`` (0.10.5) raises RuntimeError when any torch >= 2.0 is installed: its
   package ``__init__`` insists on torch < 2 although the MXNet side never uses torch. The
@@ -20,6 +31,18 @@ import sys
 import types
 
 _MISSING = object()
+
+#: The GluonCV versions whose private members this package was checked against.
+SUPPORTED_GLUONCV = ("0.10.", "0.11.")
+
+
+def check_gluoncv_version(gluoncv: types.ModuleType, what: str) -> None:
+    """RuntimeError unless ``gluoncv`` is a supported version (``what`` says what needs it)."""
+    version = str(getattr(gluoncv, "__version__", "unknown"))
+    if not version.startswith(SUPPORTED_GLUONCV):
+        raise RuntimeError(f"gluon_resnest {what} relies on GluonCV internals checked against "
+                           f"gluoncv {' / '.join(v + 'x' for v in SUPPORTED_GLUONCV)} (tested with "
+                           f"0.10.5.post0); installed: gluoncv {version}")
 
 
 def import_gluoncv():
@@ -60,6 +83,7 @@ def import_timm():
 def gluoncv_model_table() -> dict:
     """GluonCV's private name table ``gluoncv.model_zoo.model_zoo._models`` (name -> constructor)."""
     gluoncv = import_gluoncv()
+    check_gluoncv_version(gluoncv, "registering its models in GluonCV's zoo")
     try:
         from gluoncv.model_zoo import model_zoo as gcv_zoo
         table = gcv_zoo._models
@@ -72,3 +96,19 @@ def gluoncv_model_table() -> dict:
         raise RuntimeError(f"GluonCV {gluoncv.__version__}: model_zoo._models is a "
                            f"{type(table).__name__}, expected a dict")
     return table
+
+
+def gluoncv_dropblock_class() -> type:
+    """GluonCV's DropBlock class. ``gluoncv.nn.dropblock.set_drop_prob`` sets ``drop_prob`` only
+    on instances of it, so a DropBlock GluonCV's recipes can switch off must subclass it."""
+    gluoncv = import_gluoncv()
+    try:
+        from gluoncv.nn import dropblock
+        cls, setter = dropblock.DropBlock, dropblock.set_drop_prob
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"GluonCV {gluoncv.__version__}: gluoncv.nn.dropblock.DropBlock / "
+                           f"set_drop_prob missing ({err})") from None
+    if not (isinstance(cls, type) and callable(setter)):
+        raise RuntimeError(f"GluonCV {gluoncv.__version__}: gluoncv.nn.dropblock.DropBlock is "
+                           f"not a class")
+    return cls

@@ -1,16 +1,15 @@
 """GluonCV's private detection/segmentation members this package relies on, each named once.
 
-GluonCV internals used here, all checked at import (a RuntimeError naming the GluonCV version
-if one is not as expected):
+GluonCV internals used here, checked at import or, for instance attributes, at use (a
+RuntimeError naming the GluonCV version if one is not as expected):
 
-- ``gluoncv.model_zoo.model_zoo._models``: the name table (passed in as ``gcv_models``); our
-  names are added, and ``custom_faster_rcnn_fpn`` / ``custom_mask_rcnn_fpn`` are wrapped so a
-  ResNeSt ``base_network_name`` builds on our backbone (others go to GluonCV's own).
 - ``gluoncv.model_zoo.segbase.get_backbone``: the module-level lookup ``SegBaseModel`` calls;
-  it is replaced by one that answers ResNeSt names with
-  :func:`gluon_resnest.dense.segmentation.dilated_backbone` and passes other names on.
-- ``gluoncv.nn.dropblock.DropBlock``/``set_drop_prob``: our DropBlock must be a subclass, so
-  GluonCV's detection and segmentation code can switch it off.
+  :func:`patch_segmentation_backbone` replaces it by one that answers ResNeSt names with the
+  given builder (``integrations.gluoncv_dense``: our dilated ResNeSt, loaded on first use) and
+  passes other names on.
+- ``FasterRCNN._batch_size`` (``per_device_batch_size``) and the sampler's ``_max_pos`` /
+  ``_num_sample``: :func:`rcnn_batch_size`, :func:`rcnn_positive_fraction`.
+- ``SegBaseModel._up_kwargs`` (the crop a segmenter was built for): :func:`segmentation_crop`.
 - ``FasterRCNN._pyramid_roi_feats(F, features, rpn_rois, roi_size, strides, roi_mode, ...)``:
   the FPN RoI pooling that ``FasterRCNN``/``MaskRCNN.hybrid_forward`` call. On MXNet 1.9 it
   gives wrong RoI features: it pools each level with the other levels' RoIs marked by batch
@@ -24,39 +23,40 @@ import functools
 import inspect
 from typing import Any, Callable, Dict
 
-from . import import_gluoncv
+from . import check_gluoncv_version, import_gluoncv
 
 gluoncv = import_gluoncv()
 
-__all__ = ["fix_pyramid_roi_pooling", "gluoncv_get_backbone", "patch_segmentation_backbone"]
+__all__ = ["fail", "fix_pyramid_roi_pooling", "gluoncv_get_backbone",
+           "patch_segmentation_backbone", "rcnn_batch_size", "rcnn_positive_fraction",
+           "segmentation_crop"]
 
 _SUPPORTED = "gluoncv 0.10.x/0.11.x (tested with 0.10.5.post0)"
 _STATE: Dict[str, Any] = {}
 
 
-def _fail(what: str) -> None:
+def fail(what: str) -> None:
+    """Raise the RuntimeError for a GluonCV internal that is not as expected."""
     raise RuntimeError(f"gluon_resnest cannot wire its detection/segmentation models into "
                        f"GluonCV {gluoncv.__version__}: {what}. Supported: {_SUPPORTED}")
 
 
 def _check_gluoncv() -> None:
+    check_gluoncv_version(gluoncv, "detection/segmentation")
     try:
         from gluoncv.model_zoo import segbase
-        from gluoncv.nn import dropblock
     except ImportError as err:
-        _fail(f"cannot import gluoncv.model_zoo.segbase / gluoncv.nn.dropblock ({err})")
+        fail(f"cannot import gluoncv.model_zoo.segbase ({err})")
     lookup = getattr(segbase, "get_backbone", None)
     if not callable(lookup) or list(inspect.signature(lookup).parameters)[:1] != ["name"]:
-        _fail("gluoncv.model_zoo.segbase.get_backbone(name, **kwargs) is missing")
+        fail("gluoncv.model_zoo.segbase.get_backbone(name, **kwargs) is missing")
     if not hasattr(segbase, "SegBaseModel"):
-        _fail("gluoncv.model_zoo.segbase.SegBaseModel is missing")
-    if not callable(getattr(dropblock, "set_drop_prob", None)):
-        _fail("gluoncv.nn.dropblock.set_drop_prob is missing")
+        fail("gluoncv.model_zoo.segbase.SegBaseModel is missing")
     from gluoncv.model_zoo.rcnn.faster_rcnn import FasterRCNN
     pool = getattr(FasterRCNN, "_pyramid_roi_feats", None)
     if pool is None or list(inspect.signature(pool).parameters)[:7] != [
             "self", "F", "features", "rpn_rois", "roi_size", "strides", "roi_mode"]:
-        _fail("FasterRCNN._pyramid_roi_feats(self, F, features, rpn_rois, roi_size, strides, "
+        fail("FasterRCNN._pyramid_roi_feats(self, F, features, rpn_rois, roi_size, strides, "
               "roi_mode, ...) is missing or has changed")
 
 
@@ -88,6 +88,31 @@ def fix_pyramid_roi_pooling(*classes: type) -> None:
     """Give these FasterRCNN subclasses the deterministic FPN RoI pooling (see module doc)."""
     for cls in classes:
         cls._pyramid_roi_feats = _pyramid_roi_feats
+
+
+def _private(obj: Any, name: str, owner: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        fail(f"{owner}.{name} is missing")
+
+
+def rcnn_batch_size(net: Any) -> int:
+    """The per-device training batch a GluonCV R-CNN was built for (``per_device_batch_size``)."""
+    return int(_private(net, "_batch_size", "FasterRCNN"))
+
+
+def rcnn_positive_fraction(net: Any) -> float:
+    """The share of positive RoIs the R-CNN's sampler draws (``pos_ratio``, as rounded)."""
+    sampler = _private(net, "sampler", "FasterRCNN")
+    return (_private(sampler, "_max_pos", "RCNNTargetSampler")
+            / float(_private(sampler, "_num_sample", "RCNNTargetSampler")))
+
+
+def segmentation_crop(net: Any) -> tuple:
+    """(height, width) a GluonCV segmenter was built for (its ``crop_size``)."""
+    up = _private(net, "_up_kwargs", "SegBaseModel")
+    return up["height"], up["width"]
 
 
 def gluoncv_get_backbone() -> Callable[..., Any]:

@@ -2,18 +2,21 @@
 
 Sub-commands come from the modules in :data:`COMMAND_MODULES`; each has
 ``add_commands(subparsers)`` that registers its parsers with ``set_defaults(func=...)``.
+A command's ValueError/TypeError/FileNotFoundError/KeyError is printed as one line (status 2),
+except for commands that set ``passthrough=True`` (``run``), whose errors propagate.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import List, Optional
 
+from . import deploy, models, train
+
 COMMAND_MODULES = (
-    "gluon_resnest.cli.models",   # list, summary, run
-    "gluon_resnest.cli.train",    # train, eval, predict
-    "gluon_resnest.cli.deploy",   # export, convert
+    models,   # list, summary, run
+    train,    # train, eval, predict
+    deploy,   # export, convert
 )
 
 
@@ -23,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="ResNeSt (Split-Attention Networks) for MXNet/GluonCV: train, evaluate, "
                     "predict, export, convert and inspect models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod_name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as err:
-            if err.name and mod_name.startswith(err.name):  # not written yet: skip
-                continue
-            raise
+    for mod in COMMAND_MODULES:
         mod.add_commands(sub)
     return parser
 
@@ -40,6 +37,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "passthrough", False):
+        # `run`: the command reports its own errors; the script's exceptions propagate as
+        # they would from `python SCRIPT` (traceback, exit status, SystemExit's code)
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as err:

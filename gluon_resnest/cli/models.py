@@ -34,14 +34,25 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """Run an unmodified script with gluon_resnest registered in GluonCV's zoo."""
-    integrations.register()
+    """Run an unmodified script with gluon_resnest registered in GluonCV's zoo.
+
+    Only the launcher's own errors are reported here (one line, status 2); the script's
+    exceptions and ``SystemExit`` pass through unchanged (traceback, exit status), as with
+    ``python SCRIPT``.
+    """
     script = args.script
     if not os.path.isfile(script):
-        raise FileNotFoundError(f"script {script!r} does not exist")
+        print(f"gluon-resnest run: error: script {script!r} does not exist (or is not a file)",
+              file=sys.stderr)
+        return 2
+    integrations.register()
+    saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script] + list(args.script_args)
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
     return 0
 
 
@@ -57,4 +68,4 @@ def add_commands(sub) -> None:
                                    "with the gluon_resnest models registered")
     p.add_argument("script", help="path of the script")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, passthrough=True)

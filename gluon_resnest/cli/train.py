@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -14,12 +13,15 @@ _TRAIN_EPILOG = """\
 examples:
   gluon-resnest train                                  # the embedded demo (configs/demo.yaml)
   gluon-resnest train optim.epochs=5 --out runs/quick  # key=value overrides, own run folder
-  gluon-resnest train --data ~/imagenet --model resnest101   # configs/imagenet/resnest101.yaml
+  gluon-resnest train --data my_images/                # fine-tune resnest50, recipe sized to the data
+  gluon-resnest train -c imagenet/resnest101 --data ~/imagenet   # the paper's ImageNet recipe
   gluon-resnest train -c finetune --data my_images/ model.pretrained=resnest50.params
+  gluon-resnest train --task detection --out runs/faster  # Faster R-CNN on generated shapes
   gluon-resnest train --resume runs/demo-20240101-120000     # continue exactly where it stopped
 
-Outputs (run folder): config.yaml, metrics.csv, curves.png, last.ckpt, best.ckpt,
-export/model-symbol.json + model-0000.params + model-meta.json.
+Outputs (run folder): config.yaml, last.ckpt, and for classification metrics.csv, curves.png,
+best.ckpt, export/model-symbol.json + model-0000.params + model-meta.json; for detection and
+segmentation model.params, metrics.json, model-symbol.json + model-0000.params.
 Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits; --resume continues from it.
 """
 
@@ -31,52 +33,84 @@ def _overrides(args: argparse.Namespace) -> List[Tuple[str, Any]]:
     return out
 
 
+def _task_of(args: argparse.Namespace) -> str:
+    """The task a new run trains: --task, else the config file's, else classification."""
+    if args.task:
+        return args.task
+    if args.config:
+        from ..train.config import find_config, load_yaml
+        return load_yaml(find_config(args.config)).get("task", "classification")
+    return "classification"
+
+
+def _shortcuts(args: argparse.Namespace, task: str) -> List[Tuple[str, Any]]:
+    """--data/--model/--epochs/--batch-size as the config keys of ``task``."""
+    out: List[Tuple[str, Any]] = []
+    if task == "classification":
+        if args.data is not None:
+            out += [("data.train", args.data), ("data.val", None)]
+        keys = ("model.name", "optim.epochs", "optim.batch_size")
+    else:
+        if args.data is not None:
+            raise ValueError(f"--data applies to classification; for {task} set data.dataset "
+                             f"and data.root=DIR (key=value)")
+        keys = ("model.backbone", "train.epochs", "train.batch_size")
+    for key, value in zip(keys, (args.model, args.epochs, args.batch_size)):
+        if value is not None:
+            out.append((key, value))
+    return out
+
+
 def _config_name(args: argparse.Namespace) -> Any:
     if args.config:
         return args.config
     if args.task in ("detection", "segmentation"):
         return None
     if args.data and args.data != "demo":
-        from ..model.variants import resolve_name
-        return f"imagenet/{resolve_name(args.model or 'resnest50')}"
+        return "finetune"             # sized to the data by trainer.fit_to_data
     return "demo"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import checkpoint
-    from ..train.config import format_config, load_config, resolve
+    from ..train.config import apply_overrides, format_config, load_config, resolve
     overrides = _overrides(args)
     if args.resume and args.config:
         raise ValueError("give either --resume (the run's own config is used) or -c/--config")
-    shortcuts: List[Tuple[str, Any]] = []
-    if args.data is not None:
-        shortcuts += [("data.train", args.data), ("data.val", None)]
-    if args.model:
-        shortcuts.append(("model.name", args.model))
-    if args.epochs is not None:
-        shortcuts.append(("optim.epochs", args.epochs))
-    if args.batch_size is not None:
-        shortcuts.append(("optim.batch_size", args.batch_size))
-    resume = None
+    resume, notes = None, []
     if args.resume:
-        from ..train.config import apply_overrides
-        resume = checkpoint.resolve_checkpoint(args.resume)
-        meta = checkpoint.read_meta(resume)
-        cfg = resolve(apply_overrides(meta["config"], shortcuts + overrides), resume)
+        resume = checkpoint.resolve_checkpoint(os.path.expanduser(args.resume))
+        raw = checkpoint.read_meta(resume)["config"]
+        task = raw.get("task", "classification")
+        if args.task and args.task != task:
+            raise ValueError(f"--task {args.task} contradicts the checkpoint's task {task} "
+                             f"({resume})")
+        cfg = resolve(apply_overrides(raw, _shortcuts(args, task) + overrides), resume)
         out = args.out or os.path.dirname(os.path.abspath(resume))
     else:
-        cfg = load_config(_config_name(args), shortcuts + overrides if args.task not in
-                          ("detection", "segmentation") else overrides, task=args.task)
+        task = _task_of(args)
+        given = _shortcuts(args, task) + overrides
+        name = _config_name(args)
+        cfg = load_config(name, given, task=args.task)
+        if name == "finetune" and not args.config:
+            from ..train.trainer import fit_to_data
+            cfg, notes = fit_to_data(cfg, {k for k, _ in given})
         out = args.out
-    if cfg.get("task", "classification") != "classification":
-        if args.data or args.model:
-            raise ValueError(f"--data/--model apply to classification; for task "
-                             f"{cfg['task']} set the keys of its config (key=value)")
-        return _run_dense(cfg, out)
-    out = out or cfg["run"]["out"]
+    if cfg["task"] == "classification":
+        from ..train.trainer import default_out_dir
+    else:
+        from ..train.dense import default_out_dir
+    out = os.path.expanduser(out or cfg["run"]["out"] or default_out_dir(cfg))
+    cfg["run"]["out"] = out
     print("resolved config:")
     print(format_config(cfg))
     print(flush=True)
+    if notes:
+        print(f"no -c given: fine-tuning {cfg['model']['name']} with configs/finetune.yaml "
+              f"sized to {cfg['data']['train']}: " + "; ".join(notes) + f". For the paper's "
+              f"ImageNet recipe: -c imagenet/{cfg['model']['name']}", flush=True)
+    if cfg["task"] != "classification":
+        return _run_dense(cfg, out, resume)
     from ..train.trainer import NonFiniteLossError, TrainingInterrupted, run
     try:
         summary = run(cfg, out_dir=out, resume=resume)
@@ -86,25 +120,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"gluon-resnest train: error: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as err:
+        return _stopped_at_once(err, out)
     _print_summary(summary)
     return 0
 
 
-def _run_dense(cfg: Dict[str, Any], out: Any) -> int:
+def _stopped_at_once(err: BaseException, out: str) -> int:
+    """KeyboardInterrupt outside the training loop's guard (during setup) or a second Ctrl-C:
+    one line, no traceback."""
+    if os.path.isfile(os.path.join(out, "last.ckpt")):
+        kept = (f"the checkpoints already in {out} are intact (continue with: gluon-resnest "
+                f"train --resume {out})")
+    else:
+        kept = "no checkpoint had been written yet"
+    print(f"gluon-resnest train: {err or 'stopped by SIGINT'}; {kept}", file=sys.stderr)
+    return 130
+
+
+def _run_dense(cfg: Dict[str, Any], out: Any, resume: Any = None) -> int:
+    from ..train.dense import NonFiniteLossError, TrainingInterrupted, run
     try:
-        from gluon_resnest.dense.train import run as dense_run
-    except ModuleNotFoundError as err:
-        if (err.name or "").startswith("gluon_resnest.dense"):
-            raise ValueError(f"task {cfg['task']!r} needs gluon_resnest.dense.train, which is "
-                             f"not part of this installation") from None
-        raise
-    out = out or (cfg.get("run") or {}).get("out") or os.path.join(
-        "runs", f"{cfg['task']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = dense_run(cfg, out)
-    print(f"{cfg['task']} training finished; run folder: {out}")
-    for k, v in (result or {}).items():
-        if k != "loss_history":  # one number per iteration: it is in the run folder's metrics
-            print(f"  {k}: {v}")
+        result = run(cfg, out, resume=resume)
+    except TrainingInterrupted as err:
+        print(f"gluon-resnest train: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except NonFiniteLossError as err:
+        print(f"gluon-resnest train: error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as err:
+        return _stopped_at_once(err, out)
+
+    def numbers(m: Dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+    minutes, seconds = divmod(int(round(result["seconds"])), 60)
+    print(f"{cfg['task']} training finished: {result['iterations']} iterations with a finite "
+          f"loss in {minutes}m{seconds:02d}s (this run), loss {result['loss_first']:.3f} -> "
+          f"{result['loss_last']:.3f}" + (f"; {result['skipped']} non-finite iteration(s) "
+                                          f"skipped" if result["skipped"] else ""))
+    before = result.get("metrics_before")
+    print(f"validation: {numbers(result['metrics'])}"
+          + (f" (untrained: {numbers(before)})" if before else ""))
+    files = ["config.yaml", "last.ckpt", "model.params", "metrics.json"]
+    if result["export"]:
+        files += ["model-symbol.json", "model-0000.params"]
+    print(f"run folder: {result['out']} ({', '.join(files)})")
     return 0
 
 
@@ -136,33 +196,64 @@ def _print_summary(s: Dict[str, Any]) -> None:
 
 
 def _test_overrides(args: argparse.Namespace) -> Dict[str, Any]:
-    return {"test_size": args.size, "crop_pct": args.crop_pct,
-            "interpolation": args.interpolation}
+    """Metadata fields set on the command line (None: keep the model's)."""
+    return {"input_size": args.size, "crop_pct": args.crop_pct,
+            "interpolation": args.interpolation, "mean": args.mean, "std": args.std}
+
+
+def _load_for_inference(args: argparse.Namespace):
+    from ..model.variants import variant_names
+    from ..train.inference import load
+    from ..weights.pytorch import MissingExtraError
+    if args.model.lower() in variant_names():
+        raise ValueError(f"{args.command} needs a trained model (an exported prefix, .onnx "
+                         f"file, .ckpt or run folder), not the variant name {args.model!r}; "
+                         f"write ./{args.model} for a prefix of that name, or export the variant "
+                         f"with its weights first: gluon-resnest export {args.model} --params ...")
+    try:
+        model = load(args.model)
+    except MissingExtraError as err:     # an .onnx model without onnxruntime
+        raise ValueError(str(err)) from None
+    if model.meta.task != "classification":
+        raise ValueError(f"{model.source} is a {model.meta.task} model; eval and predict "
+                         f"handle classifiers")
+    model.meta = model.meta.updated(**_test_overrides(args))
+    for note in model.notes:
+        print(f"gluon-resnest {args.command}: note: {note}", file=sys.stderr)
+    return model
+
+
+def _check_classes(src: Any, model: Any) -> None:
+    names, n = model.meta.classes, model.meta.num_classes
+    if src.classes is None:
+        return
+    if names is not None and list(src.classes) != list(names):
+        raise ValueError(f"the data ({src.description}) has classes "
+                         f"{src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model "
+                         f"was trained on {n} classes "
+                         f"{list(names[:5])}{'...' if n > 5 else ''}")
+    if names is None and len(src.classes) != n:
+        raise ValueError(f"the data ({src.description}) has {len(src.classes)} classes but the "
+                         f"model has {n} outputs")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train.data import BatchLoader, open_source
-    from ..train.inference import describe, evaluate, load_model
-    model = load_model(args.model, overrides=_test_overrides(args))
+    from ..train.inference import describe, evaluate
+    model = _load_for_inference(args)
     path = args.data
     if path != "demo" and os.path.isdir(os.path.join(os.path.expanduser(path), "val")):
         path = os.path.join(os.path.expanduser(path), "val")      # a data root: its val/
     src = open_source(path, "--data", "val", args.demo_size)
-    if src.classes is not None and src.classes != model.classes:
-        raise ValueError(f"the data ({src.description}) has classes "
-                         f"{src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model "
-                         f"was trained on {len(model.classes)} classes "
-                         f"{model.classes[:5]}{'...' if len(model.classes) > 5 else ''}")
-    loader = BatchLoader(src, args.batch_size, model.data, train=False, workers=args.workers,
-                         on_corrupt=args.on_corrupt, classes=len(model.classes))
+    _check_classes(src, model)
+    transform = model.meta.transform
+    loader = BatchLoader(src, args.batch_size, transform, train=False, workers=args.workers,
+                         on_corrupt=args.on_corrupt, classes=model.meta.num_classes)
     t0 = time.time()
-    m = evaluate(model.net, loader)
+    m = evaluate(model, loader)
     loader.close()
-    d = model.data
     print(f"model: {model.source}")
-    print(f"data: {src.description}; test transform: resize to "
-          f"{math.ceil(d['test_size'] / d['crop_pct'])} (crop_pct {d['crop_pct']:.3f}), centre "
-          f"crop {d['test_size']}, {d['interpolation']}")
+    print(f"data: {src.description}; test transform: {transform.describe()}")
     if loader.skipped:
         print(f"skipped {len(loader.skipped)} unreadable image(s), first: {loader.skipped[0][1]}")
     print(f"{describe(m)} in {time.time() - t0:.1f} s")
@@ -170,8 +261,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..train.inference import load_model, predict_files
-    model = load_model(args.model, overrides=_test_overrides(args))
+    from ..train.inference import predict_files
+    model = _load_for_inference(args)
     for r in predict_files(model, args.images, topk=args.topk):
         print(r["file"])
         for rank, (label, prob) in enumerate(r["top"], 1):
@@ -206,32 +297,42 @@ def _allow_trailing_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_test_transform(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=None, help="test crop size (default: the model's)")
+    from ..data.transforms import INTERPOLATION
+    p.add_argument("--size", type=int, default=None,
+                   help="test crop size (default: the model's, from its metadata)")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="resize the short side to size/crop_pct before the centre crop")
-    p.add_argument("--interpolation", choices=("bilinear", "bicubic", "area", "nearest"),
-                   default=None)
+    p.add_argument("--interpolation", choices=tuple(INTERPOLATION), default=None)
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), default=None,
+                   help="normalisation mean on a 0..1 scale (default: the model's)")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), default=None,
+                   help="normalisation std (default: the model's)")
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a ResNeSt classifier (no arguments: the embedded demo)",
+        "train", help="train a ResNeSt classifier, detector or segmenter (no arguments: the "
+                      "embedded demo)",
         description="Train with a YAML config (configs/), printed resolved at start. Without "
                     "-c and --data it runs configs/demo.yaml: a small ResNeSt on scikit-learn's "
-                    "handwritten digits, no download.",
+                    "handwritten digits, no download. With --data DIR and no -c it fine-tunes "
+                    "with configs/finetune.yaml sized to the data (classes, batch, warm-up).",
         epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="config file or name (demo, finetune, "
                                           "imagenet/resnest50, ...)")
     p.add_argument("--data", help="training data: image folder (with train/ and val/ inside, or "
                                   "class folders), a .rec file, or 'demo'")
-    p.add_argument("--model", help="variant name (sets model.name)")
-    p.add_argument("--epochs", type=int, help="sets optim.epochs")
-    p.add_argument("--batch-size", type=int, help="sets optim.batch_size (total)")
+    p.add_argument("--model", help="variant name (sets model.name; model.backbone for "
+                                   "detection/segmentation)")
+    p.add_argument("--epochs", type=int, help="sets optim.epochs (train.epochs)")
+    p.add_argument("--batch-size", type=int, help="sets optim.batch_size, the total "
+                                                  "(train.batch_size)")
     p.add_argument("--out", help="run folder (default: ./runs/<config>-<time>)")
-    p.add_argument("--resume", metavar="CKPT", help="checkpoint file or run folder to continue")
+    p.add_argument("--resume", metavar="CKPT", help="checkpoint file or run folder to continue "
+                                                    "(any task; its config, plus overrides)")
     p.add_argument("--task", choices=("classification", "detection", "segmentation"),
-                   default=None, help="sets the config's task (detection and segmentation are "
-                                      "trained by gluon_resnest.dense)")
+                   default=None, help="sets the config's task (without -c: that task's "
+                                      "defaults, a short run on generated shapes)")
     p.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="override a config key (repeatable), same as KEY=VALUE")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -240,10 +341,11 @@ def add_commands(sub) -> None:
     _allow_trailing_overrides(p)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a model on a labelled data set",
-                       description="Evaluate an exported model (PREFIX of PREFIX-symbol.json) or "
-                                   "a checkpoint (.ckpt or run folder) with the model's test "
-                                   "transform: resize, then centre crop at crop_pct.")
-    p.add_argument("model", help="exported prefix, .ckpt file or run folder")
+                       description="Evaluate an exported model (PREFIX of PREFIX-symbol.json, "
+                                   "or an .onnx file), a checkpoint (.ckpt) or a run folder (its "
+                                   "best epoch) with the model's own test transform from its "
+                                   "metadata: resize, then centre crop at crop_pct.")
+    p.add_argument("model", help="exported prefix, .onnx file, .ckpt file or run folder")
     p.add_argument("--data", required=True, help="image folder (class sub-folders), .rec, or "
                                                  "'demo' (the digits validation split)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -254,9 +356,9 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 labels and probabilities for image files",
-                       description="Classify image files with an exported model or a "
-                                   "checkpoint.")
-    p.add_argument("model", help="exported prefix, .ckpt file or run folder")
+                       description="Classify image files with an exported model (prefix or "
+                                   ".onnx), a checkpoint or a run folder.")
+    p.add_argument("model", help="exported prefix, .onnx file, .ckpt file or run folder")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5)
     _add_test_transform(p)

@@ -5,19 +5,37 @@
 - :mod:`.segmentation`: the dilated backbone for GluonCV's segmentation heads, DeepLabV3 builders.
 - :mod:`.registry`: the name table GluonCV's ``get_model`` learns (see ``integrations.gluoncv_dense``).
 - :mod:`.synthetic`: a generated data set (shapes with boxes, masks and a segmentation map).
-- :mod:`.train`: ``run(cfg, out_dir)`` trains and evaluates a detector or segmenter.
-"""
-from .detection import (
-           StageTaps,
-           custom_faster_rcnn_fpn,
-           custom_mask_rcnn_fpn,
-           faster_rcnn_fpn,
-           fpn_features,
-           mask_rcnn_fpn,
-)
-from .registry import DENSE_MODELS, dense_model_names, get_dense_model
-from .segmentation import deeplab, dilated_backbone
 
-__all__ = ["StageTaps", "fpn_features", "faster_rcnn_fpn", "mask_rcnn_fpn",
-           "custom_faster_rcnn_fpn", "custom_mask_rcnn_fpn", "deeplab", "dilated_backbone",
-           "DENSE_MODELS", "dense_model_names", "get_dense_model"]
+Training them is :mod:`gluon_resnest.train.dense` (in the train layer, with the config and
+the safeguards every task shares).
+
+The names below are loaded on first access (PEP 562), so importing the package, or its
+cheap :mod:`.registry`, does not load the detection and segmentation modules.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule defining it.
+_EXPORTS = {
+    "StageTaps": "detection", "fpn_features": "detection", "faster_rcnn_fpn": "detection",
+    "mask_rcnn_fpn": "detection", "custom_faster_rcnn_fpn": "detection",
+    "custom_mask_rcnn_fpn": "detection", "deeplab": "segmentation",
+    "dilated_backbone": "segmentation", "DENSE_MODELS": "registry",
+    "dense_model_names": "registry", "get_dense_model": "registry",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + __all__)

@@ -7,7 +7,8 @@ predefined-model settings (:data:`RECIPES`).
 
 The pyramid taps the backbone's stage outputs through :class:`StageTaps`, whose symbolic
 outputs carry the stable names ``{prefix}c2`` .. ``{prefix}c5`` (:data:`TAP_NAMES`; strides 4, 8,
-16, 32), never MXNet's auto-generated node names.
+16, 32), never MXNet's auto-generated node names. Likewise the frozen-BatchNorm detectors choose
+the backbone parameters they train by block structure (:data:`FROZEN_TRAINED_STAGES`).
 
 Detector I/O (GluonCV's): inference ``net(x)`` with x (1, 3, H, W) returns ``ids`` (1, M, 1),
 ``scores`` (1, M, 1), ``bboxes`` (1, M, 4) in input pixels (M = classes x post-NMS boxes,
@@ -18,47 +19,47 @@ training tuple (class/box predictions, RPN outputs, targets).
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import tempfile
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
+from gluoncv.data import COCODetection, VOCDetection
+from gluoncv.model_zoo import resnest as gluoncv_resnest
 from gluoncv.model_zoo.rcnn.faster_rcnn import FasterRCNN
 from gluoncv.model_zoo.rcnn.mask_rcnn import MaskRCNN
 from gluoncv.nn.dropblock import set_drop_prob
 from gluoncv.nn.feature import FPNFeatureExpander
 from mxnet import autograd
-from mxnet.gluon import HybridBlock, nn
-from mxnet.gluon.contrib.nn import SyncBatchNorm
+from mxnet.gluon import nn
 
-from .._compat.gluoncv_dense import fix_pyramid_roi_pooling
-from ..model.parameters import load_parameters
-from ..model.resnest import ResNeSt
+from .._compat.gluoncv_dense import (
+    fix_pyramid_roi_pooling,
+    rcnn_batch_size,
+    rcnn_positive_fraction,
+)
+from .._compat.mxnet_blocks import is_initialized, structural_params
+from ..model.parameters import load_arrays, read_arrays
+from ..model.resnest import STAGE_BLOCKS, ResNeSt, StageFeatures
 from ..model.variants import resolve_name
 from ..weights.gluoncv import resolve_pretrained
 from ..weights.pretrained import get_model as get_backbone_model
 from .initialize import initialize_missing
-from .norms import GroupNorm
+from .norms import NAME_TOKENS, NORMS, Norm, backbone_kwargs, get_norm, norm_from_layers
 
-__all__ = ["TAP_NAMES", "NORMS", "RECIPES", "StageTaps", "fpn_features", "ResNeStFasterRCNN",
-           "ResNeStMaskRCNN", "faster_rcnn_fpn", "mask_rcnn_fpn", "custom_faster_rcnn_fpn",
-           "custom_mask_rcnn_fpn", "dataset_classes", "check_classes", "initialize_detector",
-           "load_detector"]
+__all__ = ["TAP_NAMES", "NORMS", "RECIPES", "FROZEN_TRAINED_STAGES", "StageTaps", "fpn_features",
+           "ResNeStFasterRCNN", "ResNeStMaskRCNN", "frozen_backbone_params", "faster_rcnn_fpn",
+           "mask_rcnn_fpn", "custom_faster_rcnn_fpn", "custom_mask_rcnn_fpn", "dataset_classes",
+           "check_classes", "initialize_detector", "load_detector"]
 
 #: Names of the stage outputs the pyramid taps (C2..C5, strides 4, 8, 16, 32).
 TAP_NAMES: Tuple[str, ...] = ("c2", "c3", "c4", "c5")
-_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
-#: Normalisation modes. ``syncbn``: SyncBatchNorm in backbone, FPN and heads, everything trained
-#: (GluonCV's ``*_fpn_syncbn_*`` models and the paper's detection setting). ``frozen``: BatchNorm
-#: with frozen statistics in the backbone, no norm in FPN and heads, stem and stage 1 frozen
-#: (GluonCV's plain ``*_fpn_*`` models). ``bn``: ordinary BatchNorm everywhere (one device).
-#: ``gn``: GroupNorm in backbone and box head, none in the FPN, for training from scratch with
-#: one image per step (see :mod:`.norms`).
-NORMS: Tuple[str, ...] = ("syncbn", "frozen", "bn", "gn")
+#: With ``norm='frozen'`` (GluonCV's plain ``*_fpn_*`` models) the backbone trains only the
+#: convolutions of these stages; the stem, stage 1 and every norm keep their ImageNet values.
+FROZEN_TRAINED_STAGES: Tuple[str, ...] = STAGE_BLOCKS[1:]
+
 
 # GluonCV's predefined FPN settings (rcnn/{faster,mask}_rcnn/predefined_models.py).
 _FPN = dict(min_stage=2, max_stage=6, roi_mode="align", strides=(4, 8, 16, 32, 64), base_size=16,
@@ -80,7 +81,6 @@ _CLIP = {"faster": 4.14, "mask": 4.42}   # log(1000/16) and GluonCV's Mask R-CNN
 
 def dataset_classes(dataset: str) -> List[str]:
     """Class names of a named detection data set (``coco``: 80, ``voc``: 20)."""
-    from gluoncv.data import COCODetection, VOCDetection
     table = {"coco": COCODetection.CLASSES, "voc": VOCDetection.CLASSES}
     if dataset not in table:
         raise ValueError(f"unknown detection data set {dataset!r}: expected one of "
@@ -108,7 +108,7 @@ def check_classes(classes: Any) -> List[str]:
     return list(classes)
 
 
-class StageTaps(HybridBlock):
+class StageTaps(StageFeatures):
     """(N, 3, H, W) -> (C2, C3, C4, C5) of a ResNeSt, each output named for feature taps.
 
     In a symbolic graph the outputs are ``{prefix}c2_output`` .. ``{prefix}c5_output``
@@ -117,15 +117,10 @@ class StageTaps(HybridBlock):
     """
 
     def __init__(self, net: ResNeSt, prefix: str = "resnest_taps_") -> None:
-        super().__init__(prefix=prefix)
-        if not isinstance(net, ResNeSt):
-            raise TypeError(f"StageTaps needs a gluon_resnest ResNeSt, got {type(net).__name__}")
-        object.__setattr__(self, "_net", net)              # called, not registered twice
-        for name in _STAGES:
-            self.register_child(getattr(net, name), name)
+        super().__init__(net, prefix=prefix)
 
     def hybrid_forward(self, F, x):
-        outs = [F.identity(c, name=n) for c, n in zip(self._net.stages(F, x), TAP_NAMES)]
+        outs = [F.identity(c, name=n) for c, n in zip(self.net.stages(F, x), TAP_NAMES)]
         return F.Group(outs) if F is mx.sym else tuple(outs)
 
 
@@ -157,30 +152,39 @@ def _named_norm(layer: Callable) -> Callable:
     return norm
 
 
-def _box_head(norm: str, roi_pool: bool, convs: int, conv_filters: int, dense: int,
+def _box_head(norm: Norm, roi_pool: bool, convs: int, conv_filters: int, dense: int,
               norm_kwargs: dict) -> nn.HybridSequential:
     """RoI features (R, C, r, r) -> (R, dense). ``roi_pool`` halves 14x14 RoIs to 7x7 first."""
     head = nn.HybridSequential()
     if roi_pool:
         head.add(nn.AvgPool2D(pool_size=(3, 3), strides=2, padding=1))
-    if norm == "frozen":
+    if norm.box_head is None:           # GluonCV's frozen-BN head: two FC layers
         for _ in range(2):
             head.add(nn.Dense(dense, weight_initializer=mx.init.Normal(0.01)),
                      nn.Activation("relu"))
         return head
-    norm_layer = {"syncbn": SyncBatchNorm, "gn": GroupNorm}.get(norm, nn.BatchNorm)
     for _ in range(convs):
         head.add(nn.Conv2D(conv_filters, 3, padding=1, use_bias=False),
-                 norm_layer(**norm_kwargs), nn.Activation("relu"))
+                 norm.box_head(**norm_kwargs), nn.Activation("relu"))
     head.add(nn.Dense(dense, weight_initializer=mx.init.Normal(0.01)), nn.Activation("relu"))
     return head
 
 
-def _train_patterns(norm: str) -> str:
-    if norm != "frozen":
-        return "(?!.*moving)"          # all but the FPN's symbolic BN moving statistics
-    # frozen: like GluonCV's, stem and stage 1 stay fixed (names as this package's ResNeSt)
-    return "|".join([".*dense", ".*rpn", ".*mask", "P", r".*layers(2|3|4)_.*conv"])
+def _train_patterns(norm: Norm) -> Optional[str]:
+    # frozen: None, the structural choice of _Detector.collect_train_params; else every
+    # parameter but the FPN's symbolic BatchNorm statistics (MXNet names them *_moving_*)
+    return None if norm.frozen else "(?!.*moving)"
+
+
+def frozen_backbone_params(backbone: ResNeSt) -> List[mx.gluon.Parameter]:
+    """The backbone parameters a frozen-BatchNorm detector does not train: all but the
+    convolutions (``nn.Conv2D`` blocks) of :data:`FROZEN_TRAINED_STAGES`."""
+    trained: set = set()
+    for name in FROZEN_TRAINED_STAGES:
+        getattr(backbone, name).apply(
+            lambda b: trained.update(id(p) for p in b.params.values())
+            if isinstance(b, nn.Conv2D) else None)
+    return [p for p in backbone.collect_params().values() if id(p) not in trained]
 
 
 def _check_input(net: FasterRCNN, x: mx.nd.NDArray, gt_box: Any, gt_label: Any) -> None:
@@ -195,9 +199,9 @@ def _check_input(net: FasterRCNN, x: mx.nd.NDArray, gt_box: Any, gt_label: Any) 
     if autograd.is_training():
         if gt_box is None or gt_label is None:
             raise ValueError("training needs net(x, gt_box, gt_label); got no ground truth")
-        if shape[0] != net._batch_size:
+        if shape[0] != rcnn_batch_size(net):
             raise ValueError(f"training batch is {shape[0]} images but the detector was built "
-                             f"with per_device_batch_size={net._batch_size}")
+                             f"with per_device_batch_size={rcnn_batch_size(net)}")
         valid = (gt_label.reshape((shape[0], -1)) >= 0).sum(axis=1).asnumpy()
         if (valid == 0).any():
             raise ValueError(f"empty annotation set: image {int((valid == 0).argmax())} of the "
@@ -208,8 +212,9 @@ def _check_input(net: FasterRCNN, x: mx.nd.NDArray, gt_box: Any, gt_label: Any) 
                          f"of {shape[0]}")
 
 
-class _InputChecks:
-    """Checks an NDArray call before GluonCV's R-CNN forward (see :func:`_check_input`)."""
+class _Detector:
+    """Checks an NDArray call before GluonCV's R-CNN forward (see :func:`_check_input`), and
+    chooses the trained parameters of a frozen-BatchNorm detector by structure."""
 
     def forward(self, x, gt_box=None, gt_label=None):
         if isinstance(x, mx.nd.NDArray):
@@ -218,13 +223,22 @@ class _InputChecks:
             return super().forward(x)
         return super().forward(x, gt_box, gt_label)
 
+    def collect_train_params(self, select: Optional[str] = None):
+        """GluonCV's trainable parameters. With no ``train_patterns`` regex (``norm='frozen'``):
+        every parameter except :func:`frozen_backbone_params`, as GluonCV's frozen models."""
+        if select is not None or self.train_patterns is not None:
+            return super().collect_train_params(select)
+        frozen = {id(p) for p in frozen_backbone_params(self.backbone)}
+        names = [n for n, p in self.collect_params().items() if id(p) not in frozen]
+        return self.collect_params("^(?:" + "|".join(map(re.escape, names)) + ")$")
 
-class ResNeStFasterRCNN(_InputChecks, FasterRCNN):
+
+class ResNeStFasterRCNN(_Detector, FasterRCNN):
     """GluonCV's FasterRCNN with input checks and deterministic FPN RoI pooling; see the module
     docstring for shapes."""
 
 
-class ResNeStMaskRCNN(_InputChecks, MaskRCNN):
+class ResNeStMaskRCNN(_Detector, MaskRCNN):
     """GluonCV's MaskRCNN with input checks; see the module docstring for shapes."""
 
 
@@ -234,15 +248,7 @@ fix_pyramid_roi_pooling(ResNeStFasterRCNN, ResNeStMaskRCNN)
 
 def _backbone(name: str, norm: str, pretrained_base: Union[bool, str], ctx: Any,
               root: Optional[str], num_devices: int) -> ResNeSt:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if norm == "syncbn":
-        kw = dict(norm_layer=SyncBatchNorm,
-                  norm_kwargs={"num_devices": num_devices} if num_devices >= 1 else {})
-    elif norm == "gn":
-        kw = dict(norm_layer=GroupNorm)
-    else:
-        kw = dict(norm_layer=nn.BatchNorm, use_global_stats=norm == "frozen")
+    kw = backbone_kwargs(norm, num_devices)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Caution using SyncBatchNorm")
         net = get_backbone_model(name, pretrained=pretrained_base, ctx=ctx, root=root,
@@ -255,8 +261,10 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
            norm: str, pretrained: Union[bool, str], pretrained_base: Union[bool, str],
            ctx: Any, root: Optional[str], num_devices: int, num_fpn_filters: int,
            num_box_head_conv: int, num_box_head_conv_filters: int,
-           num_box_head_dense_filters: int, **kwargs: Any) -> FasterRCNN:
+           num_box_head_dense_filters: int, fpn_norm_kwargs: Optional[dict] = None,
+           **kwargs: Any) -> FasterRCNN:
     backbone = resolve_name(backbone)
+    spec = get_norm(norm)
     if dataset not in RECIPES:
         raise ValueError(f"unknown detection data set {dataset!r}: expected one of "
                          f"{sorted(RECIPES)} (custom needs classes=[...])")
@@ -276,24 +284,20 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
         pretrained_base = False
     ctx = ctx if ctx is not None else mx.cpu()
     base = _backbone(backbone, norm, pretrained_base, ctx, root, num_devices)
-    sym_norm, sym_kw = None, {}
-    if norm == "syncbn":
-        sym_norm, sym_kw = mx.sym.contrib.SyncBatchNorm, ({"ndev": num_devices}
-                                                           if num_devices >= 1 else {})
-    elif norm == "bn":
-        sym_norm = mx.sym.BatchNorm
-    features = fpn_features(base, num_fpn_filters, sym_norm, sym_kw)
-    gl_kw = {"num_devices": num_devices} if norm == "syncbn" and num_devices >= 1 else {}
+    sym_kw = {**spec.fpn_kwargs(num_devices),
+              **_check_fpn_norm_kwargs(fpn_norm_kwargs, norm, num_devices)}
+    features = fpn_features(base, num_fpn_filters, spec.fpn, sym_kw)
+    gl_kw = spec.layer_kwargs(num_devices)
     settings = dict(RECIPES[dataset])
     if norm == "syncbn" and dataset in _SYNCBN_SHORT:
         settings["short"] = _SYNCBN_SHORT[dataset]
     mask = kind == "mask"
     roi = 14 if mask else 7          # Mask R-CNN: 14x14 RoIs, box head pools to 7x7
     settings.update(roi_size=(roi, roi), clip=_CLIP[kind],
-                    rpn_channel=256 if norm != "frozen" else 1024,
-                    train_patterns=_train_patterns(norm))
+                    rpn_channel=1024 if spec.frozen else 256,   # GluonCV's frozen-BN recipes
+                    train_patterns=_train_patterns(spec))
     settings.update(kwargs)
-    box = _box_head(norm, mask, num_box_head_conv, num_box_head_conv_filters,
+    box = _box_head(spec, mask, num_box_head_conv, num_box_head_conv_filters,
                     num_box_head_dense_filters, gl_kw)
     common = dict(features=features, top_features=None, classes=classes, box_features=box)
     with warnings.catch_warnings():
@@ -303,16 +307,16 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
             settings.setdefault("num_fcn_convs", 4)
             settings.setdefault("mask_channels", 256)
             settings.setdefault("rcnn_max_dets", 1000)
-            if norm == "syncbn":
-                settings.setdefault("norm_layer", SyncBatchNorm)
+            if spec.mask_head is not None:
+                settings.setdefault("norm_layer", spec.mask_head)
                 settings.setdefault("norm_kwargs", gl_kw)
             net = ResNeStMaskRCNN(**common, **settings)
         else:
             net = ResNeStFasterRCNN(**common, **settings)
     net.base_network_name, net.dataset, net.norm = backbone, dataset, norm
     object.__setattr__(net, "backbone", base)    # a reference, not a second child
-    sync = "_syncbn" if norm == "syncbn" else ""
-    net.model_name = f"{kind}_rcnn_fpn{sync}_{backbone}_{dataset}"
+    token = next((t for t, n in NAME_TOKENS.items() if n == norm), "")   # syncbn, or none
+    net.model_name = "_".join(p for p in (f"{kind}_rcnn_fpn", token, backbone, dataset) if p)
     if pretrained:
         load_detector(net, resolve_pretrained(net.model_name, pretrained, root), ctx=ctx)
     else:
@@ -322,6 +326,29 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
             except ValueError:
                 pass
     return net
+
+
+def _check_fpn_norm_kwargs(kwargs: Optional[dict], norm: str, num_devices: int) -> dict:
+    """The FPN norm's extra arguments (GluonCV's ``sym_norm_kwargs``), checked."""
+    if not kwargs:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"sym_norm_kwargs must be a dict, got {type(kwargs).__name__}")
+    spec = get_norm(norm)
+    if spec.fpn is None:
+        raise ValueError(f"sym_norm_kwargs={kwargs!r}, but with norm={norm!r} the FPN has no "
+                         f"norm layer (only {[n for n, s in NORMS.items() if s.fpn]} normalise it)")
+    allowed = {"eps", "momentum", "fix_gamma", "use_global_stats"} | (
+        {"ndev"} if spec.per_device else set())
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"sym_norm_kwargs: unknown key(s) {unknown} for the FPN's "
+                         f"{spec.fpn.__name__}; expected some of {sorted(allowed)}")
+    ndev = kwargs.get("ndev")
+    if ndev is not None and num_devices >= 1 and int(ndev) != num_devices:
+        raise ValueError(f"sym_norm_kwargs ndev={ndev} contradicts num_devices={num_devices} "
+                         f"(norm_kwargs); SyncBatchNorm needs one device count")
+    return dict(kwargs)
 
 
 _DEFAULTS = dict(norm="syncbn", pretrained=False, pretrained_base=True, ctx=None, root=None,
@@ -360,25 +387,27 @@ def mask_rcnn_fpn(backbone: str = "resnest50", dataset: str = "coco",
 
 def _custom(kind: str, classes, transfer, dataset, pretrained_base, base_network_name,
             norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs):
-    if sym_norm_layer is not None and sym_norm_layer not in (mx.sym.contrib.SyncBatchNorm,
-                                                            mx.sym.BatchNorm):
-        raise ValueError(f"sym_norm_layer must be mx.sym.contrib.SyncBatchNorm, mx.sym.BatchNorm"
-                         f" or None, got {sym_norm_layer!r}")
-    if norm_layer is SyncBatchNorm:
-        norm = "syncbn"
-    elif norm_layer is nn.BatchNorm or norm_layer is None:
-        norm = "frozen" if sym_norm_layer is None else "bn"
-    else:
-        raise ValueError(f"norm_layer must be mx.gluon.nn.BatchNorm (frozen, GluonCV's default) "
-                         f"or mx.gluon.contrib.nn.SyncBatchNorm, got {norm_layer!r}")
+    norm = norm_from_layers(norm_layer, sym_norm_layer)
+    extra = sorted(set(norm_kwargs or {}) - ({"num_devices"} if get_norm(norm).per_device
+                                             else set()))
+    if extra:
+        raise ValueError(f"norm_kwargs: unsupported key(s) {extra} with norm_layer "
+                         f"{norm_layer.__name__ if norm_layer else None} (SyncBatchNorm takes "
+                         f"num_devices; the frozen BatchNorm takes none)")
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"dataset must be a non-empty str (it names the network), got {dataset!r}")
     num_devices = int((norm_kwargs or {}).get("num_devices") or 0)
     build = faster_rcnn_fpn if kind == "faster" else mask_rcnn_fpn
+    common = dict(norm=norm, num_devices=num_devices, fpn_norm_kwargs=sym_norm_kwargs)
     if transfer is None:
-        return build(base_network_name, "custom", classes, norm=norm, num_devices=num_devices,
-                     pretrained_base=pretrained_base, **kwargs)
+        net = build(base_network_name, "custom", classes, pretrained_base=pretrained_base,
+                    **common, **kwargs)
+        # GluonCV's custom models use dataset only in their name
+        net.model_name = net.model_name[:-len("custom")] + dataset
+        return net
     classes = check_classes(classes)
-    net = build(base_network_name, str(transfer), None, norm=norm, num_devices=num_devices,
-                pretrained=kwargs.pop("pretrained", True), **kwargs)
+    net = build(base_network_name, str(transfer), None,
+                pretrained=kwargs.pop("pretrained", True), **common, **kwargs)
     net.reset_class(classes, reuse_weights=[c for c in classes if c in net.classes])
     return net
 
@@ -393,8 +422,11 @@ def custom_faster_rcnn_fpn(classes: Sequence[str], transfer: Optional[str] = Non
 
     norm_layer : ``nn.BatchNorm`` (frozen statistics, GluonCV's default) or
     ``SyncBatchNorm`` (``norm_kwargs={'num_devices': n}``); ``sym_norm_layer`` with
-    ``nn.BatchNorm`` selects trainable BatchNorm. transfer : ``'coco'``/``'voc'`` starts from
-    that detector's local weights and keeps the classes both share (``reset_class``).
+    ``nn.BatchNorm`` selects trainable BatchNorm. sym_norm_kwargs : arguments of the FPN's
+    norm (SyncBatchNorm/BatchNorm only; e.g. ``{'ndev': n}``, as GluonCV's train_mask_rcnn.py
+    passes). dataset : names the network (``net.model_name``), as in GluonCV; the settings are
+    the ``custom`` recipe's plus ``kwargs``. transfer : ``'coco'``/``'voc'`` starts from that
+    detector's local weights and keeps the classes both share (``reset_class``).
     """
     return _custom("faster", classes, transfer, dataset, pretrained_base, base_network_name,
                    norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs)
@@ -425,37 +457,33 @@ def initialize_detector(net: FasterRCNN, ctx: Any = None, last_gamma: bool = Fal
     spend their updates learning that most RoIs are background. ``last_gamma``: a fresh
     backbone's residual blocks start as the identity (see :func:`.initialize_missing`).
     """
-    fresh_bias = net.class_predictor.bias._data is None
+    fresh_bias = not is_initialized(net.class_predictor.bias)
     for name, p in net.features.collect_params().items():
-        if p._data is None and p.init is None and _FPN_CONV.match(name):
+        if not is_initialized(p) and p.init is None and _FPN_CONV.match(name):
             p.init = FPN_INIT
     initialize_missing(net, [net.backbone], ctx, last_gamma=last_gamma)
     if fresh_bias:
-        pos = net.sampler._max_pos / float(net.sampler._num_sample)
+        pos = rcnn_positive_fraction(net)
         prior = [1.0 - pos] + [pos / net.num_class] * net.num_class
         net.class_predictor.bias.set_data(mx.nd.log(mx.nd.array(prior)))
 
 
 # -- weights --------------------------------------------------------------------------------
-_GLUONCV_STEM_KEY = re.compile(r"^features\.resnest_conv0_weight$")
-
-
 def _gluoncv_backbone_names(net: FasterRCNN) -> Dict[str, str]:
     """{GluonCV's backbone parameter name: ours} for the detector's backbone variant.
 
-    GluonCV's detection files store the backbone under MXNet's auto-generated names
-    (``resnest_conv0_weight``); both backbones share the structural keys, so GluonCV's own
-    ResNeSt of the same variant gives the correspondence.
+    Detector files store the backbone under MXNet's parameter names, which differ between
+    GluonCV's ResNeSt and ours; both share the structural keys (``layer1.0.conv1.weight``), so
+    GluonCV's own ResNeSt of the same variant gives the correspondence.
     """
-    from gluoncv.model_zoo import resnest as gcv_resnest
     variant = net.base_network_name
-    if not hasattr(gcv_resnest, variant):
+    if not hasattr(gluoncv_resnest, variant):
         raise ValueError(f"GluonCV has no {variant!r} to translate its detection file from")
-    norm = ({"norm_layer": SyncBatchNorm} if net.norm == "syncbn" else {})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Caution using SyncBatchNorm")
-        theirs = getattr(gcv_resnest, variant)(**norm)._collect_params_with_prefix()
-    mine = net.backbone._collect_params_with_prefix()
+        theirs = structural_params(getattr(gluoncv_resnest, variant)(
+            norm_layer=get_norm(net.norm).layer))
+    mine = structural_params(net.backbone)
     return {theirs[k].name: mine[k].name for k in mine if k in theirs}
 
 
@@ -466,14 +494,13 @@ def load_detector(net: FasterRCNN, filename: str, ctx: Any = None) -> None:
     constants, which a net has only after training.
     """
     skip = ("_target_generator.",)
-    keys = set(mx.nd.load(filename))
-    if any(_GLUONCV_STEM_KEY.match(k) for k in keys):
+    arrays = read_arrays(filename)
+    backbone = {id(p) for p in net.backbone.collect_params().values()}
+    expected = {k for k, p in structural_params(net).items() if id(p) in backbone}
+    if not expected <= set(arrays):
+        # the backbone of the FPN (net.features) under GluonCV's parameter names?
         rename = {f"features.{a}": f"features.{b}" for a, b in
                   _gluoncv_backbone_names(net).items()}
-        data = {rename.get(k, k): v for k, v in mx.nd.load(filename).items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "translated.params")
-            mx.nd.save(path, data)
-            load_parameters(net, path, ctx=ctx, skip=skip)
-    else:
-        load_parameters(net, filename, ctx=ctx, skip=skip)
+        if set(rename) & set(arrays):
+            arrays = {rename.get(k, k): v for k, v in arrays.items()}
+    load_arrays(net, arrays, f"parameter file {filename!r}", ctx=ctx, skip=skip)

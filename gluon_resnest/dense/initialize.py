@@ -6,6 +6,9 @@ from typing import Any, Iterable, Optional
 import mxnet as mx
 from mxnet.gluon import Block
 
+from .._compat.mxnet_blocks import is_initialized
+from ..model.blocks import Bottleneck
+
 __all__ = ["BACKBONE_INIT", "ByName", "initialize_missing"]
 
 #: The official ImageNet initialisation of ResNeSt (scripts/gluon/train.py).
@@ -43,21 +46,20 @@ def initialize_missing(net: Block, backbone: Optional[Iterable[Block]] = None,
     """
     ctx = ctx if ctx is not None else mx.cpu()
     for block in backbone or ():
-        fresh = {id(p) for p in block.collect_params().values() if p._data is None}
+        fresh = {id(p) for p in block.collect_params().values() if not is_initialized(p)}
         for p in block.collect_params().values():
-            if p._data is None:
+            if not is_initialized(p):
                 p.initialize(ctx=ctx, default_init=BACKBONE_INIT)
         if last_gamma:
             for unit in _bottlenecks(block):
                 if id(unit.bn3.gamma) in fresh:
                     unit.bn3.gamma.set_data(mx.nd.zeros_like(unit.bn3.gamma.data()))
     for p in net.collect_params().values():
-        if p._data is None:
+        if not is_initialized(p):
             p.initialize(ctx=ctx, default_init=ByName())
 
 
 def _bottlenecks(block: Block) -> list:
-    from ..model.blocks import Bottleneck
     found: list = []
     block.apply(lambda b: found.append(b) if isinstance(b, Bottleneck) else None)
     return found

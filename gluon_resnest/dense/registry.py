@@ -5,12 +5,17 @@
 
 - ``faster_rcnn_fpn_syncbn_resnest{50,101,200,269}_coco`` (SyncBatchNorm everywhere)
 - ``faster_rcnn_fpn_resnest{50,101}_{coco,voc}`` (frozen BatchNorm)
-- ``mask_rcnn_fpn_syncbn_resnest{50,101}_coco``, ``mask_rcnn_fpn_resnest{50,101}_coco``
+- ``mask_rcnn_fpn_syncbn_resnest{50,101}_coco``, ``mask_rcnn_fpn_resnest{50,101}_coco``, and
+  ``mask_rcnn_fpn_bn_resnest{50,101}_coco``: GluonCV's ``train_mask_rcnn.py --norm-layer bn``
+  spells SyncBatchNorm ``bn``
 - ``deeplab_resnest{50,101,200,269}_ade``, ``deeplab_resnest{50,101}_citys``
 
 :func:`get_dense_model` builds these and any other valid combination of a ResNeSt variant,
 data set and norm (e.g. ``faster_rcnn_fpn_syncbn_resnest50_fast_voc``) with clear errors.
 The custom constructors (your own ``classes``) are :data:`CUSTOM_MODELS`.
+
+Building this table imports nothing of the detection/segmentation code: every constructor
+imports its builder on its first call, so ``import gluon_resnest`` stays cheap.
 """
 from __future__ import annotations
 
@@ -18,27 +23,39 @@ import re
 from typing import Any, Callable, Dict, List
 
 from ..model.variants import resolve_name
-from . import detection, segmentation
+from .norms import NAME_TOKENS
 
 __all__ = ["DENSE_MODELS", "CUSTOM_MODELS", "dense_model_names", "get_dense_model",
            "parse_dense_name"]
 
 _DET_DATASETS = ("coco", "voc")
-_DET_NAME = re.compile(r"^(faster|mask)_rcnn_fpn(_syncbn)?_(resnest[a-z0-9_]*?)_([a-z0-9]+)$")
+_TOKENS = "|".join(t for t in NAME_TOKENS if t)
+_DET_NAME = re.compile(rf"^(faster|mask)_rcnn_fpn(?:_({_TOKENS}))?_(resnest[a-z0-9_]*?)_([a-z0-9]+)$")
 _SEG_NAME = re.compile(r"^deeplab_(resnest[a-z0-9_]*?)_([a-z0-9]+)$")
 _SEG_SUFFIXES = {"ade": "ade20k", "citys": "citys", "voc": "pascal_voc", "coco": "coco"}
 
 
-def _constructor(name: str, build: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
+def _builder(arch: str) -> Callable[..., Any]:
+    """The builder function of ``arch``, importing its module on first use (see module doc)."""
+    if arch == "deeplab":
+        from .segmentation import deeplab
+        return deeplab
+    from . import detection
+    return {"faster_rcnn_fpn": detection.faster_rcnn_fpn,
+            "mask_rcnn_fpn": detection.mask_rcnn_fpn}[arch]
+
+
+def _constructor(name: str, arch: str, **fixed: Any) -> Callable[..., Any]:
     def make(**kwargs: Any) -> Any:
         clash = sorted(set(kwargs) & set(fixed))
         if clash:
             raise TypeError(f"{name}() fixes {', '.join(clash)}; got {clash[0]}="
                             f"{kwargs[clash[0]]!r}")
-        return build(**fixed, **kwargs)
+        return _builder(arch)(**fixed, **kwargs)
     make.__name__ = make.__qualname__ = name
-    make.__doc__ = f"{name}: see gluon_resnest.dense.{build.__module__.rsplit('.', 1)[-1]}." \
-                   f"{build.__name__} ({', '.join(f'{k}={v!r}' for k, v in fixed.items())})."
+    module = "segmentation" if arch == "deeplab" else "detection"
+    make.__doc__ = (f"{name}: see gluon_resnest.dense.{module}.{arch} "
+                    f"({', '.join(f'{k}={v!r}' for k, v in fixed.items())}).")
     make._gluon_resnest = True
     return make
 
@@ -50,16 +67,19 @@ def parse_dense_name(name: str) -> Dict[str, Any]:
     key = name.lower()
     m = _DET_NAME.match(key)
     if m:
-        kind, sync, variant, dataset = m.groups()
+        kind, norm, variant, dataset = m.groups()
         resolve_name(variant)
+        if kind == "faster" and norm == "bn":
+            raise ValueError(f"{name!r}: GluonCV's Faster R-CNN names spell SyncBatchNorm "
+                             f"'syncbn' (faster_rcnn_fpn_syncbn_{variant}_{dataset}); only "
+                             f"its Mask R-CNN script writes 'bn'")
         if dataset not in _DET_DATASETS:
             raise ValueError(f"unknown dataset suffix {dataset!r} in {name!r}: detection models "
                              f"exist for {', '.join(_DET_DATASETS)}; for your own data use "
                              f"custom_{kind}_rcnn_fpn(classes=[...], "
                              f"base_network_name={variant!r})")
-        build = detection.faster_rcnn_fpn if kind == "faster" else detection.mask_rcnn_fpn
-        return {"build": build, "backbone": variant, "dataset": dataset,
-                "norm": "syncbn" if sync else "frozen"}
+        return {"arch": f"{kind}_rcnn_fpn", "backbone": variant, "dataset": dataset,
+                "norm": NAME_TOKENS[norm or ""]}
     m = _SEG_NAME.match(key)
     if m:
         variant, suffix = m.groups()
@@ -68,10 +88,10 @@ def parse_dense_name(name: str) -> Dict[str, Any]:
             raise ValueError(f"unknown dataset suffix {suffix!r} in {name!r}: DeepLabV3 models "
                              f"exist for {', '.join(_SEG_SUFFIXES)}; for your own data use "
                              f"gluon_resnest.dense.deeplab({variant!r}, dataset=None, nclass=N)")
-        return {"build": segmentation.deeplab, "backbone": variant,
-                "dataset": _SEG_SUFFIXES[suffix]}
+        return {"arch": "deeplab", "backbone": variant, "dataset": _SEG_SUFFIXES[suffix]}
     raise ValueError(f"{name!r} is not a detection/segmentation model name: expected "
-                     f"'{{faster,mask}}_rcnn_fpn[_syncbn]_<resnest variant>_{{coco,voc}}' or "
+                     f"'{{faster,mask}}_rcnn_fpn[_syncbn]_<resnest variant>_{{coco,voc}}', "
+                     f"'mask_rcnn_fpn_bn_<resnest variant>_coco' or "
                      f"'deeplab_<resnest variant>_{{{','.join(_SEG_SUFFIXES)}}}'")
 
 
@@ -81,23 +101,33 @@ def _table() -> Dict[str, Callable[..., Any]]:
     names += [f"faster_rcnn_fpn_resnest{d}_{s}" for d in (50, 101) for s in ("coco", "voc")]
     names += [f"mask_rcnn_fpn_syncbn_resnest{d}_coco" for d in (50, 101)]
     names += [f"mask_rcnn_fpn_resnest{d}_coco" for d in (50, 101)]
+    names += [f"mask_rcnn_fpn_bn_resnest{d}_coco" for d in (50, 101)]
     names += [f"deeplab_resnest{d}_ade" for d in (50, 101, 200, 269)]
     names += [f"deeplab_resnest{d}_citys" for d in (50, 101)]
     table = {}
     for name in names:
         spec = parse_dense_name(name)
-        table[name] = _constructor(name, spec.pop("build"), **spec)
+        table[name] = _constructor(name, spec.pop("arch"), **spec)
     return table
 
 
 #: Registered detection and segmentation names -> constructors (GluonCV kwargs).
 DENSE_MODELS: Dict[str, Callable[..., Any]] = _table()
 
+
+def _custom(name: str) -> Callable[..., Any]:
+    def make(*args: Any, **kwargs: Any) -> Any:
+        from . import detection
+        return getattr(detection, name)(*args, **kwargs)
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = f"{name}: see gluon_resnest.dense.detection.{name} (GluonCV's signature)."
+    make._gluon_resnest = True
+    return make
+
+
 #: Custom-class constructors, GluonCV's names and signatures, ResNeSt backbones.
 CUSTOM_MODELS: Dict[str, Callable[..., Any]] = {
-    "custom_faster_rcnn_fpn": detection.custom_faster_rcnn_fpn,
-    "custom_mask_rcnn_fpn": detection.custom_mask_rcnn_fpn,
-}
+    name: _custom(name) for name in ("custom_faster_rcnn_fpn", "custom_mask_rcnn_fpn")}
 
 
 def dense_model_names() -> List[str]:
@@ -108,5 +138,4 @@ def dense_model_names() -> List[str]:
 def get_dense_model(name: str, **kwargs: Any) -> Any:
     """Build a detection or segmentation model by composed name (GluonCV's kwargs)."""
     spec = parse_dense_name(name)
-    build = spec.pop("build")
-    return _constructor(name.lower(), build, **spec)(**kwargs)
+    return _constructor(name.lower(), spec.pop("arch"), **spec)(**kwargs)

@@ -21,9 +21,11 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import mxnet as mx
+from gluoncv.data import datasets as gluoncv_datasets
 from gluoncv.model_zoo.deeplabv3 import DeepLabV3
 from mxnet.gluon import nn
 
+from .._compat.gluoncv_dense import patch_segmentation_backbone, segmentation_crop
 from ..model.parameters import load_parameters
 from ..model.resnest import ResNeSt
 from ..model.variants import resolve_name
@@ -46,9 +48,8 @@ def dataset_info(dataset: str):
     if dataset not in SEG_DATASETS:
         raise ValueError(f"unknown segmentation data set {dataset!r}: expected one of "
                          f"{sorted(SEG_DATASETS)}, or dataset=None with nclass=N")
-    from gluoncv.data import datasets
     key, acronym = SEG_DATASETS[dataset]
-    cls = datasets[key]
+    cls = gluoncv_datasets[key]
     return key, acronym, cls.NUM_CLASS, list(cls.CLASSES)
 
 
@@ -78,7 +79,7 @@ class ResNeStDeepLabV3(DeepLabV3):
             if min(shape[2:]) < 8:
                 raise ValueError(f"input {shape[2]}x{shape[3]} is smaller than the output "
                                  f"stride 8 of the dilated backbone")
-            want = (self._up_kwargs["height"], self._up_kwargs["width"])
+            want = segmentation_crop(self)
             if shape[2:] != want:
                 raise ValueError(f"this DeepLabV3 was built for {want[0]}x{want[1]} inputs "
                                  f"(crop_size), got {shape[2]}x{shape[3]}; build it with "
@@ -100,7 +101,6 @@ def deeplab(backbone: str = "resnest50", dataset: Optional[str] = "ade20k",
     crop_size : training/inference input size, a multiple of 8. kwargs : ``norm_layer``,
     ``norm_kwargs`` (e.g. SyncBatchNorm, as the paper trains), ``height``, ``width``.
     """
-    from .._compat.gluoncv_dense import patch_segmentation_backbone
     backbone = resolve_name(backbone)
     if not isinstance(crop_size, int) or crop_size < 8 or crop_size % 8:
         raise ValueError(f"crop_size must be a multiple of 8 (the output stride), got "

@@ -3,16 +3,18 @@
 Adds :data:`~gluon_resnest.dense.registry.DENSE_MODELS` to GluonCV's name table, wraps
 ``custom_faster_rcnn_fpn`` / ``custom_mask_rcnn_fpn`` so a ResNeSt ``base_network_name`` builds
 on our backbone (others go to GluonCV's own), and routes GluonCV's segmentation backbone lookup
-to our dilated ResNeSt. The GluonCV internals involved live in ``_compat.gluoncv_dense``.
+for ResNeSt names to our dilated ResNeSt. The GluonCV internals involved live in
+``_compat.gluoncv_dense``. Nothing here imports the detection/segmentation modules: the
+registered constructors and the backbone route load them on their first call.
 """
 from __future__ import annotations
 
 import functools
 from typing import Any, Callable, Dict
 
-from .._compat.gluoncv_dense import _fail, patch_segmentation_backbone
+from .._compat.gluoncv_dense import fail, patch_segmentation_backbone
 from ..dense.registry import CUSTOM_MODELS, DENSE_MODELS
-from ..dense.segmentation import dilated_backbone
+from ..model.resnest import ResNeSt
 from ..model.variants import resolve_name
 
 __all__ = ["register_dense", "is_resnest_name"]
@@ -40,19 +42,26 @@ def _custom_dispatch(name: str, ours: Callable[..., Any], theirs: Callable[..., 
     return make
 
 
+def dilated_backbone(name: str, **kwargs: Any) -> ResNeSt:
+    """GluonCV's segmentation backbone lookup for a ResNeSt name: our dilated ResNeSt
+    (:func:`gluon_resnest.dense.segmentation.dilated_backbone`, loaded on first use)."""
+    from ..dense.segmentation import dilated_backbone as build
+    return build(name, **kwargs)
+
+
 def register_dense(gcv_models: Dict[str, Callable[..., Any]]) -> None:
     """Add the detection/segmentation names to GluonCV's table ``gcv_models`` (idempotent).
 
     Also wraps the custom R-CNN constructors and patches the segmentation backbone lookup.
     """
     if not isinstance(gcv_models, dict):
-        _fail(f"the model table is a {type(gcv_models).__name__}, expected a dict")
+        fail(f"the model table is a {type(gcv_models).__name__}, expected a dict")
     for name, fn in DENSE_MODELS.items():
         gcv_models[name] = fn
     for name, fn in CUSTOM_MODELS.items():
         current = gcv_models.get(name)
         if current is None:
-            _fail(f"gluoncv.model_zoo has no {name!r}")
+            fail(f"gluoncv.model_zoo has no {name!r}")
         if not getattr(current, "_gluon_resnest", False):
             gcv_models[name] = _custom_dispatch(name, fn, current)
     patch_segmentation_backbone(dilated_backbone)

@@ -14,11 +14,11 @@ from mxnet import autograd
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
-from .._compat import import_gluoncv
+from .._compat import gluoncv_dropblock_class
 from .splat import SplitAttention
 
 # GluonCV's set_drop_prob() only recognises its own class: subclass it.
-_GluonCVDropBlock = import_gluoncv().nn.dropblock.DropBlock
+_GluonCVDropBlock = gluoncv_dropblock_class()
 
 __all__ = ["DropBlock", "Bottleneck", "make_stem", "make_shortcut", "graph_generation",
            "portable_graph"]

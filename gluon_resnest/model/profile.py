@@ -13,9 +13,12 @@ from typing import Dict, List, Optional
 import mxnet as mx
 import numpy as np
 
+from .._compat.mxnet_blocks import structural_params
+from .resnest import STAGE_BLOCKS, STEM_BLOCKS, StageFeatures
+
 __all__ = ["count_params", "count_macs", "stage_summary", "format_summary"]
 
-_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+_STAGES = ("stem",) + STAGE_BLOCKS + ("head",)
 
 
 def _stage_of_key(key: str) -> str:
@@ -26,7 +29,7 @@ def _stage_of_key(key: str) -> str:
 def count_params(net: mx.gluon.Block, by_stage: bool = False):
     """Learnable parameters (BN running statistics excluded). Needs known shapes."""
     totals: Dict[str, int] = dict.fromkeys(_STAGES, 0)
-    for key, p in net._collect_params_with_prefix().items():
+    for key, p in structural_params(net).items():
         if key.endswith(("running_mean", "running_var")):
             continue
         if p.shape is None or 0 in p.shape:
@@ -42,23 +45,14 @@ def _symbol(net: mx.gluon.HybridBlock) -> mx.sym.Symbol:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def _stage_of_node(name: str) -> str:
-    for i in range(1, 5):
-        if f"_layers{i}_" in name:
-            return f"layer{i}"
-    return "head" if "dense" in name else "stem"
-
-
-def count_macs(net: mx.gluon.HybridBlock, input_size=224, by_stage: bool = False):
-    """Multiply-adds of one (3, H, W) image through ``net`` (conv + fully connected)."""
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    sym = _symbol(net)
+def _macs(sym: mx.sym.Symbol, h: int, w: int) -> int:
+    """Multiply-adds of the convolutions and fully connected layers in the graph ``sym``."""
     internals = sym.get_internals()
     arg_shapes, out_shapes, _ = internals.infer_shape(data=(1, 3, h, w))
     shapes = dict(zip(internals.list_outputs(), out_shapes))
     shapes.update(zip(internals.list_arguments(), arg_shapes))
     nodes = json.loads(sym.tojson())["nodes"]
-    totals: Dict[str, int] = dict.fromkeys(_STAGES, 0)
+    total = 0
     for node in nodes:
         if node["op"] not in ("Convolution", "FullyConnected"):
             continue
@@ -66,26 +60,47 @@ def count_macs(net: mx.gluon.HybridBlock, input_size=224, by_stage: bool = False
         if weight["op"] != "null":  # constant-weight box filters (avd pooling, DropBlock)
             continue
         wshape = shapes[weight["name"]]
-        out = shapes[node["name"] + "_output"]
         if node["op"] == "Convolution":
-            macs = int(np.prod(out[1:])) * int(np.prod(wshape[1:]))
+            total += int(np.prod(shapes[node["name"] + "_output"][1:])) * int(np.prod(wshape[1:]))
         else:
-            macs = int(np.prod(wshape))
-        totals[_stage_of_node(node["name"])] += macs
-    return totals if by_stage else sum(totals.values())
+            total += int(np.prod(wshape))
+    return total
+
+
+def count_macs(net: mx.gluon.HybridBlock, input_size=224, by_stage: bool = False):
+    """Multiply-adds of one (3, H, W) image through ``net`` (conv + fully connected).
+
+    ``by_stage`` (a ResNeSt): per stage, from the graphs that end after the stem and after
+    each stage (the blocks named in ``STEM_BLOCKS``/``STAGE_BLOCKS``), the head being the rest.
+    """
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    total = _macs(_symbol(net), h, w)
+    if not by_stage:
+        return total
+    cumulative = []
+    x = mx.sym.var("data")
+    with mx.autograd.predict_mode():
+        for name in STEM_BLOCKS:
+            x = getattr(net, name)(x)
+        cumulative.append(_macs(x, h, w))
+        for name in STAGE_BLOCKS:
+            x = getattr(net, name)(x)
+            cumulative.append(_macs(x, h, w))
+    cumulative.append(total)
+    return {stage: cumulative[i] - (cumulative[i - 1] if i else 0)
+            for i, stage in enumerate(_STAGES)}
 
 
 def stage_summary(net, input_size: int = 224) -> List[dict]:
     """Rows (stage, output shape, params, MACs) for a ResNeSt at ``input_size``."""
-    from .resnest import StageFeatures
     params = count_params(net, by_stage=True)
     macs = count_macs(net, input_size, by_stage=True)
     feats = StageFeatures(net)
     sym = mx.sym.Group(list(feats(mx.sym.var("data"))))
     _, out_shapes, _ = sym.infer_shape(data=(1, 3, input_size, input_size))
     stem_hw = ((input_size + 1) // 2 + 1) // 2  # stride-2 conv, then stride-2 max pool
-    shapes: Dict[str, Optional[tuple]] = {"stem": (net.conv1[6]._channels, stem_hw, stem_hw),
-                                          "head": (net.classes,)}
+    shapes: Dict[str, Optional[tuple]] = {"stem": (net.bn1.gamma.shape[0], stem_hw, stem_hw),
+                                          "head": (net.num_classes,)}
     for i, s in enumerate(out_shapes):
         shapes[f"layer{i + 1}"] = tuple(s[1:])
     return [{"stage": k, "output": shapes[k], "params": params[k], "macs": macs[k]}

@@ -7,24 +7,30 @@ and avd (average downsampling inside the bottleneck).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
+from .._compat.mxnet_blocks import PerKeyGraphCache, is_hybridized
 from .blocks import Bottleneck, graph_generation, make_shortcut, make_stem, portable_graph
+from .parameters import load_parameters
 from .variants import VARIANTS, resolve_name
 
-__all__ = ["ResNeSt", "StageFeatures", "build"]
+__all__ = ["ResNeSt", "StageFeatures", "STEM_BLOCKS", "STAGE_BLOCKS", "build"]
+
+#: Attribute names of the stem's blocks and of the four stages (C2..C5), in data-path order.
+STEM_BLOCKS: Tuple[str, ...] = ("conv1", "bn1", "relu", "maxpool")
+STAGE_BLOCKS: Tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 
 
 _OUTPUT_STRIDES = {32: (1, 1), 16: (1, 2), 8: (2, 4)}  # dilation of stages 3 and 4
 
 
-class ResNeSt(HybridBlock):
-    """ResNeSt: (N, 3, H, W) -> (N, classes) logits.
+class ResNeSt(PerKeyGraphCache):
+    """ResNeSt: (N, 3, H, W) -> (N, num_classes) logits.
 
     Stages ``layer1..layer4`` give C2..C5 (strides 4, 8, 16, 32; with ``output_stride`` 16
     or 8 the last stages are dilated instead of strided). :meth:`stages` returns them.
@@ -35,7 +41,9 @@ class ResNeSt(HybridBlock):
     radix, cardinality, bottleneck_width : R, K and the per-group width (ResNeXt "d").
     stem_width : s of the deep stem (3x3 convs s, s, 2s).
     avd_first : average downsampling before (True, "-fast") or after the 3x3 conv.
-    classes : size of the classifier.
+    classes : size of the classifier (GluonCV's argument name). The network then carries it as
+        ``num_classes``, and ``classes`` holds the class names as GluonCV's pretrained
+        classifiers do (None until known; ``get_model(..., pretrained=...)`` sets ImageNet's).
     output_stride : 32, 16 or 8 (8 and 16 dilate stages 3/4 for dense prediction).
         ``dilated=True`` is GluonCV's spelling of ``output_stride=8``.
     norm_layer, norm_kwargs : normalisation (BatchNorm, SyncBatchNorm, ...).
@@ -73,9 +81,8 @@ class ResNeSt(HybridBlock):
         norm_kwargs = dict(norm_kwargs or {})
         if use_global_stats:
             norm_kwargs["use_global_stats"] = True
-        self.classes, self.output_stride = classes, output_stride
-        self._mode_caches: Dict[Any, tuple] = {}
-        self._mode_key: Any = None
+        self.num_classes, self.output_stride = classes, output_stride
+        self._class_names: Optional[List[str]] = None
         d3, d4 = _OUTPUT_STRIDES[output_stride]
         block_kw = dict(radix=radix, cardinality=cardinality, bottleneck_width=bottleneck_width,
                         avd=avd, avd_first=avd_first, norm_layer=norm_layer,
@@ -109,13 +116,32 @@ class ResNeSt(HybridBlock):
             self.drop = nn.Dropout(final_drop) if final_drop > 0 else None
             self.fc = nn.Dense(classes, in_units=in_ch)
 
+    # -- class names -------------------------------------------------------------------------
+    @property
+    def classes(self) -> Optional[List[str]]:
+        """Class names (``num_classes`` of them), or None when unknown (GluonCV's convention)."""
+        return self._class_names
+
+    @classes.setter
+    def classes(self, names: Optional[Sequence[str]]) -> None:
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"classes must be a list of class names (str) or None, got "
+                                f"{names!r:.80}")
+            names = list(names)
+            if len(names) != self.num_classes:
+                raise ValueError(f"{len(names)} class names for a {self.num_classes}-class "
+                                 f"classifier; give one name per output")
+        self._class_names = names
+
     # -- forward -----------------------------------------------------------------------------
     def stages(self, F, x) -> list:
         """[C2, C3, C4, C5] for an input x; works on NDArray and Symbol."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for name in STEM_BLOCKS:
+            x = getattr(self, name)(x)
         outs = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
+        for name in STAGE_BLOCKS:
+            x = getattr(self, name)(x)
             outs.append(x)
         return outs
 
@@ -145,17 +171,15 @@ class ResNeSt(HybridBlock):
     def forward(self, x, *args):
         if isinstance(x, mx.nd.NDArray):
             self.check_input(x)
-            if self._active:
-                self._select_cache()
+            if is_hybridized(self):
+                self._select_graph()
         return super().forward(x, *args)
 
     # -- one traced graph per mode -------------------------------------------------------------
     # DropBlock is active in training only and adds no node at inference, and inference runs
     # the oneDNN-fused graph (conv+BN+ReLU folded) that cannot be trained. MXNet traces a
     # hybridized block once, so ResNeSt keeps one graph per (mode, drop settings, backend) and
-    # picks the one matching the call. These are HybridBlock's (MXNet 1.9.1) cache fields.
-    _CACHE_FIELDS = ("_cached_graph", "_cached_op", "_cached_op_args", "_in_format",
-                     "_out_format", "_backend")
+    # picks the one matching the call (PerKeyGraphCache).
 
     def hybridize(self, active: bool = True, backend: Optional[str] = None, clear: bool = True,
                   static_alloc: bool = False, static_shape: bool = False,
@@ -173,28 +197,16 @@ class ResNeSt(HybridBlock):
         super().hybridize(active, backend=backend, clear=clear, static_alloc=static_alloc,
                           static_shape=static_shape, **kwargs)
 
-    def _select_cache(self, training: Optional[bool] = None, portable: bool = False) -> None:
+    def _select_graph(self, training: Optional[bool] = None, portable: bool = False) -> None:
         if training is None:
             training = autograd.is_training()
         backend = getattr(self, "_user_backend", None)
         if backend is None and not training and not portable:
             backend = getattr(self, "_inference_backend", None)
         key = (bool(training), graph_generation(), backend, portable)
-        if key == self._mode_key:
-            return
-        if self._mode_key is not None and self._mode_key[1] == key[1]:
-            self._mode_caches[self._mode_key] = tuple(getattr(self, f) for f in self._CACHE_FIELDS)
-        else:
-            self._mode_caches = {}
-        saved = self._mode_caches.pop(key, ((), None, [], None, None, backend))
-        for f, v in zip(self._CACHE_FIELDS, saved):
-            object.__setattr__(self, f, v)
-        self._mode_key = key
-
-    def _clear_cached_op(self) -> None:
-        super()._clear_cached_op()
-        self._mode_caches = {}
-        self._mode_key = None
+        previous = self.graph_key
+        # a changed drop probability is baked into every traced training graph: drop them all
+        self.use_graph(key, backend, keep_others=previous is not None and previous[1] == key[1])
 
     def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
         """Export the plain inference graph (``path-symbol.json``, ``path-%04d.params``).
@@ -203,32 +215,39 @@ class ResNeSt(HybridBlock):
         fused nodes, no in-graph constants), so it loads with ``SymbolBlock.imports`` anywhere
         and converts to ONNX.
         """
-        if not self._active:
+        if not is_hybridized(self):
             raise RuntimeError("call net.hybridize() before net.export()")
-        self._select_cache(training=False, portable=True)
-        if not self._cached_graph:
+        self._select_graph(training=False, portable=True)
+        if not self.has_graph():
             s = self.min_input_size
             with autograd.predict_mode(), portable_graph():
-                self._call_cached_op(mx.nd.zeros((1, 3, s, s), ctx=_param_ctx(self)))
+                self.trace(mx.nd.zeros((1, 3, s, s), ctx=_param_ctx(self)))
         super().export(path, epoch, remove_amp_cast)
 
     def load_parameters(self, filename: str, ctx=None, allow_missing: bool = False,
                         ignore_extra: bool = False, cast_dtype: bool = False,
                         dtype_source: str = "current") -> None:
         """Load a ``.params`` file; errors list every missing and unexpected key."""
-        from .parameters import load_parameters
         load_parameters(self, filename, ctx=ctx, allow_missing=allow_missing,
                         ignore_extra=ignore_extra, cast_dtype=cast_dtype,
                         dtype_source=dtype_source)
 
 
 class StageFeatures(HybridBlock):
-    """(N, 3, H, W) -> (C2, C3, C4, C5) of a :class:`ResNeSt`, sharing its parameters."""
+    """(N, 3, H, W) -> (C2, C3, C4, C5) of a :class:`ResNeSt`, sharing its parameters.
+
+    The stem and stage blocks are registered by their attribute names (:data:`STEM_BLOCKS`,
+    :data:`STAGE_BLOCKS`), so parameters keep their structural keys; the classifier is not part
+    of it.
+    """
 
     def __init__(self, net: ResNeSt, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.net = net
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        if not isinstance(net, ResNeSt):
+            raise TypeError(f"{type(self).__name__} needs a gluon_resnest ResNeSt, got "
+                            f"{type(net).__name__}")
+        object.__setattr__(self, "net", net)       # called, not registered: no fc
+        for name in STEM_BLOCKS + STAGE_BLOCKS:
             self.register_child(getattr(net, name), name)
 
     def hybrid_forward(self, F, x):

@@ -1,31 +1,60 @@
 """Checkpoints: one zip file written atomically (temp file in the same folder, then rename).
 
-Members: ``meta.json`` (format, epoch, iteration, config, RNG states, history, class names),
-``model.params`` (structural keys, as ``net.save_parameters``) and ``trainer.states``
-(MXNet's optimizer states, momentum included). MXNet has no API to read its random
-generator's state, so training reseeds it from ``(seed, epoch, iteration)`` before every
-iteration; the seed is part of the config and the position is ``epoch``/``iteration``.
-Checkpoints hold pickled optimizer states (MXNet's format): load only files you trust.
+Members (format 2), none of them a pickle:
+
+- ``meta.json``: format, epoch, iteration, config, history, class names, and the Python and
+  numpy random generators' states (integer lists).
+- ``model.params``: the weights by structural name (``net.save_parameters``).
+- ``optimizer.params``: the optimizer state as named arrays in MXNet's NDArray file format,
+  ``<state>:<parameter>`` (``momentum:features.0.weight``; ``mean``/``var`` for Adam,
+  ``weight32`` for a multi-precision master copy).
+- ``optimizer.json``: the optimizer's scalars (kind, update counts per device and parameter,
+  learning rate, the learning-rate schedule's position) and which states each parameter has.
+
+MXNet has no API to read its random generator's state, so training reseeds it from
+``(seed, epoch, iteration)`` before every iteration. Format 1 (gluon_resnest 0.1) stored the
+optimizer state as a pickle (``trainer.states``), which can run code when loaded: its weights
+and metadata are still read, but it is never unpickled, so it cannot be resumed.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import secrets
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .._compat import mxnet as mxc
+from .._compat.mxnet_blocks import structural_params
+
 __all__ = ["FORMAT", "save_checkpoint", "read_meta", "load_checkpoint", "extract_params",
-           "rng_state", "set_rng_state", "resolve_checkpoint"]
+           "rng_state", "set_rng_state", "resolve_checkpoint", "check_resumable",
+           "UnsafeCheckpointError"]
 
-FORMAT = "gluon_resnest-checkpoint/1"
+FORMAT = "gluon_resnest-checkpoint/2"
+_PICKLE_FORMAT = "gluon_resnest-checkpoint/1"   # optimizer state as a pickle: never resumed
+_PICKLE_MEMBER = "trainer.states"
+
+#: Names of an optimizer's state arrays, in MXNet's order, per (optimizer, multi-precision).
+#: Other optimizers (and unexpected layouts) get positional names ``state0``, ``state1``, ...
+_STATE_NAMES = {
+    ("sgd", False): ("momentum",), ("sgd", True): ("momentum", "weight32"),
+    ("nag", False): ("momentum",), ("nag", True): ("momentum", "weight32"),
+    ("adam", False): ("mean", "var"), ("adam", True): ("weight32", "mean", "var"),
+}
 
 
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint would have to be unpickled (run code) to be resumed."""
+
+
+# -- random generators ------------------------------------------------------------------------
 def rng_state() -> Dict[str, Any]:
-    """Python's and numpy's global generator states as JSON-able lists."""
+    """Python's and numpy's global generator states as JSON-able lists of integers."""
     py = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"python": [py[0], list(py[1]), py[2]],
@@ -33,10 +62,214 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    """Inverse of :func:`rng_state`; a malformed state is a ValueError naming the part."""
+    try:
+        version, internal, gauss = state["python"]
+        internal = tuple(int(v) for v in internal)
+        if gauss is not None:
+            gauss = float(gauss)
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        keys = np.asarray(keys, dtype=np.int64)
+        if name != "MT19937" or keys.shape != (624,) or keys.min() < 0 or keys.max() >= 2 ** 32:
+            raise ValueError("numpy state is not MT19937 with 624 32-bit keys")
+        numpy_state = (name, keys.astype(np.uint32), int(pos), int(has_gauss), float(cached))
+        random.setstate((int(version), internal, gauss))
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"malformed random-generator state in the checkpoint: {err}") from None
+    np.random.set_state(numpy_state)
+
+
+# -- optimizer state as named arrays ----------------------------------------------------------
+def _flatten(state) -> List[Any]:
+    """An optimizer state (NDArray, None or nested tuples/lists) as its leaves in order."""
+    if isinstance(state, (tuple, list)):
+        return [leaf for part in state for leaf in _flatten(part)]
+    return [state]
+
+
+def _state_labels(optimizer, weight, count: int) -> Tuple[str, ...]:
+    kind = type(optimizer).__name__.lower()
+    mp = bool(getattr(optimizer, "multi_precision", False)) and weight.dtype == np.float16
+    names = _STATE_NAMES.get((kind, mp))
+    return names if names is not None and len(names) == count else \
+        tuple(f"state{i}" for i in range(count))
+
+
+def _param_names(net, params: List[Any]) -> List[str]:
+    """Structural name of each trainer parameter (its optimizer index is its position)."""
+    by_id: Dict[int, str] = {}
+    for name, p in structural_params(net).items():
+        by_id.setdefault(id(p), name)
+    missing = [p.name for p in params if id(p) not in by_id]
+    if missing:
+        raise ValueError(f"the trainer updates {len(missing)} parameter(s) that are not part of "
+                         f"the network given to the checkpoint ({', '.join(missing[:3])}...)")
+    return [by_id[id(p)] for p in params]
+
+
+def _scheduler_state(sched) -> Optional[Dict[str, Any]]:
+    """A learning-rate schedule's JSON-able attributes (its position: ``count``, ``base_lr``
+    of a factor schedule, ...), recursing into lists of schedules (GluonCV's LRSequential)."""
+    if sched is None:
+        return None
+    attrs, children = {}, {}
+    for key, value in vars(sched).items():
+        if _plain(value):
+            attrs[key] = list(value) if isinstance(value, tuple) else value
+        elif isinstance(value, (list, tuple)) and value and all(
+                callable(v) and hasattr(v, "__dict__") for v in value):
+            children[key] = [_scheduler_state(v) for v in value]
+    cls = type(sched)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "attrs": attrs, "children": children}
+
+
+def _scheduler_layout(state: Optional[Dict[str, Any]]) -> Any:
+    """A schedule snapshot's classes and parts, for comparing two schedules."""
+    if state is None:
+        return None
+    return (state["class"], {k: [_scheduler_layout(p) for p in parts]
+                             for k, parts in sorted(state["children"].items())})
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str))
+                                                 for v in value))
+
+
+def _set_scheduler_state(sched, state: Dict[str, Any]) -> None:
+    """Inverse of :func:`_scheduler_state` for a schedule of the same layout. Only plain
+    attributes (numbers, strings, lists of them) are set, never one holding an object."""
+    for key, value in state["attrs"].items():
+        current = getattr(sched, key, None)
+        if key.startswith("__") or not _plain(value) or not _plain(current):
+            raise TypeError(f"learning-rate schedule attribute {key!r} = {value!r}")
+        setattr(sched, key, tuple(value) if isinstance(current, tuple) else value)
+    for key, parts in state["children"].items():
+        for sub, part in zip(getattr(sched, key), parts):
+            _set_scheduler_state(sub, part)
+
+
+def _optimizer_snapshot(net, trainer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(``<state>:<parameter>`` -> NDArray, the JSON of scalars) for ``trainer``."""
+    import mxnet as mx
+    mxc.prepare_trainer(trainer)
+    opt = trainer.optimizer
+    params = mxc.trainer_parameters(trainer)
+    names = _param_names(net, params)
+    num_update, begin, counts, device = mxc.update_counts(opt)
+    info: Dict[str, Any] = {
+        "optimizer": type(opt).__name__.lower(), "num_update": num_update,
+        "begin_num_update": begin, "current_device": device,
+        "index_update_counts": {str(d): {names[i]: n for i, n in sorted(c.items())}
+                                for d, c in counts.items()},
+        "lr": None if opt.lr is None else float(opt.lr),
+        "lr_scheduler": _scheduler_state(opt.lr_scheduler)}
+    arrays: Dict[str, Any] = {}
+    updaters = mxc.trainer_updaters(trainer)
+    if updaters is None:
+        info["states"] = None
+        info["no_states_because"] = ("the optimizer runs on the parameter servers "
+                                     "(update_on_kvstore), where MXNet cannot read its state")
+        return arrays, info
+    info["states"] = {}
+    for idx, state in sorted(mxc.updater_states(updaters[0]).items()):
+        name = names[int(idx)]
+        leaves = _flatten(state)
+        labels = _state_labels(opt, params[int(idx)].list_data()[0], len(leaves))
+        info["states"][name] = [label for label, leaf in zip(labels, leaves) if leaf is not None]
+        for label, leaf in zip(labels, leaves):
+            if leaf is not None:
+                arrays[f"{label}:{name}"] = leaf.as_in_context(mx.cpu())
+    return arrays, info
+
+
+def _check_optimizer_info(where: str, net, trainer, info: Dict[str, Any]) -> Dict[str, int]:
+    """Refuse a state this trainer cannot take, before anything is loaded; returns structural
+    name -> optimizer index."""
+    opt = trainer.optimizer
+    kind = type(opt).__name__.lower()
+    if info.get("optimizer") != kind:
+        raise ValueError(f"{where} holds the state of optimizer {info.get('optimizer')!r}, this "
+                         f"trainer uses {kind!r}; resume with the optimizer it was saved with")
+    if info.get("states") is None:
+        raise ValueError(f"{where} holds no optimizer state "
+                         f"({info.get('no_states_because', 'not saved')}), so training cannot "
+                         f"resume exactly; start a new run from its weights with "
+                         f"model.pretrained={where}")
+    mine = _scheduler_layout(_scheduler_state(opt.lr_scheduler))
+    theirs = _scheduler_layout(info.get("lr_scheduler"))
+    if mine != theirs:
+        raise ValueError(f"{where}: the checkpoint's learning-rate schedule is "
+                         f"{theirs[0] if theirs else None}, this trainer's is "
+                         f"{mine[0] if mine else None} (or their parts differ); resume with "
+                         f"the configuration it was saved with")
+    index = {name: i for i, name in enumerate(_param_names(net, mxc.trainer_parameters(trainer)))}
+    unknown = sorted(set(info["states"]) - set(index))
+    if unknown:
+        raise ValueError(f"{where} holds optimizer state for {len(unknown)} parameter(s) this "
+                         f"trainer does not update: {', '.join(unknown[:3])}")
+    return index
+
+
+def _restore_optimizer(where: str, trainer, index: Dict[str, int], arrays: Dict[str, Any],
+                       info: Dict[str, Any]) -> None:
+    """Put the checkpoint's optimizer state into ``trainer`` (after the weights are loaded:
+    the kvstore, if any, is initialised from them here, as ``Trainer.load_states`` does)."""
+    mxc.prepare_trainer(trainer)
+    opt = trainer.optimizer
+    updaters = mxc.trainer_updaters(trainer)
+    if updaters is None:
+        raise ValueError(f"{where}: this trainer runs the optimizer on the parameter servers "
+                         f"(update_on_kvstore), where MXNet cannot set its state")
+    params = mxc.trainer_parameters(trainer)
+    for dev, updater in enumerate(updaters):
+        states = {}
+        for name, saved in info["states"].items():
+            i = index[name]
+            weights = params[i].list_data()
+            template = opt.create_state_multi_precision(i, weights[min(dev, len(weights) - 1)])
+            leaves = _flatten(template)
+            labels = _state_labels(opt, weights[0], len(leaves))
+            expected = [label for label, leaf in zip(labels, leaves) if leaf is not None]
+            if sorted(saved) != sorted(expected):
+                raise ValueError(f"{where}: parameter {name!r} has optimizer state "
+                                 f"{saved or 'none'}, this {type(opt).__name__.lower()} "
+                                 f"optimizer keeps {expected or 'none'}; resume with the "
+                                 f"settings it was saved with")
+            for label, leaf in zip(labels, leaves):
+                if leaf is None:
+                    continue
+                key = f"{label}:{name}"
+                src = arrays.get(key)
+                if src is None:
+                    raise ValueError(f"{where}: optimizer.params lacks {key!r}")
+                if src.shape != leaf.shape or src.dtype != leaf.dtype:
+                    raise ValueError(f"{where}: {key!r} is {src.shape} {np.dtype(src.dtype).name}, "
+                                     f"expected {leaf.shape} {np.dtype(leaf.dtype).name}")
+                src.copyto(leaf)
+            states[i] = template
+        mxc.replace_updater_states(updater, states)
+    counts = {int(d): {index[n]: int(c) for n, c in table.items() if n in index}
+              for d, table in info["index_update_counts"].items()}
+    mxc.set_update_counts(opt, info["num_update"], info["begin_num_update"], counts,
+                          info["current_device"])
+    if opt.lr_scheduler is not None:
+        _set_scheduler_state(opt.lr_scheduler, info["lr_scheduler"])
+    elif info.get("lr") is not None:
+        trainer.set_learning_rate(float(info["lr"]))
+
+
+# -- files ------------------------------------------------------------------------------------
+def _new_temp(folder: str, base: str) -> Tuple[str, int]:
+    """A fresh temp file beside the target, created with mode 0666 minus the umask (as a plain
+    ``open`` would), so the renamed checkpoint gets the same mode as any other file."""
+    while True:
+        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
 
 
 def save_checkpoint(path: str, net, trainer, meta: Dict[str, Any]) -> str:
@@ -46,20 +279,22 @@ def save_checkpoint(path: str, net, trainer, meta: Dict[str, Any]) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     meta = dict(meta, format=FORMAT, rng=rng_state())
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp, fd = _new_temp(folder, os.path.basename(path))
     try:
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".ckpt-") as work:
-            params = os.path.join(work, "model.params")
-            net.save_parameters(params)
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-                zf.writestr("meta.json", json.dumps(meta))
-                zf.write(params, "model.params")
-                if trainer is not None:
-                    states = os.path.join(work, "trainer.states")
-                    trainer.save_states(states)
-                    zf.write(states, "trainer.states")
-        with open(tmp, "rb") as f:
+        with os.fdopen(fd, "wb") as f:
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".ckpt-") as work:
+                params = os.path.join(work, "model.params")
+                net.save_parameters(params)
+                with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                    zf.writestr("meta.json", json.dumps(meta))
+                    zf.write(params, "model.params")
+                    if trainer is not None:
+                        arrays, info = _optimizer_snapshot(net, trainer)
+                        states = os.path.join(work, "optimizer.params")
+                        mx.nd.save(states, arrays)
+                        zf.write(states, "optimizer.params")
+                        zf.writestr("optimizer.json", json.dumps(info))
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -92,12 +327,16 @@ def _open(path: str) -> zipfile.ZipFile:
 
 
 def read_meta(path: str) -> Dict[str, Any]:
-    """The checkpoint's metadata (epoch, iteration, config, history, ...)."""
+    """The checkpoint's metadata (epoch, iteration, config, history, ...). Reads only JSON, so
+    it also reads format-1 checkpoints (whose pickled optimizer state stays untouched)."""
     with _open(path) as zf:
-        meta = json.loads(zf.read("meta.json"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path!r}: unsupported checkpoint format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+        try:
+            meta = json.loads(zf.read("meta.json"))
+        except ValueError as err:
+            raise ValueError(f"{path!r}: meta.json is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, _PICKLE_FORMAT):
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path!r}: unsupported checkpoint format {found!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -107,20 +346,71 @@ def extract_params(path: str, dest_dir: str) -> str:
         return zf.extract("model.params", dest_dir)
 
 
-def load_checkpoint(path: str, net, trainer=None, ctx=None) -> Dict[str, Any]:
-    """Load parameters (and optimizer states, when ``trainer`` is given) into ``net``; restore
-    the global Python/numpy RNG states; return the metadata."""
-    from ..model.parameters import load_parameters
+def _check_resumable(path: str, meta: Dict[str, Any], names: List[str]) -> None:
+    if meta.get("format") == _PICKLE_FORMAT or _PICKLE_MEMBER in names:
+        raise UnsafeCheckpointError(
+            f"cannot resume from {path!r}: it was written by gluon_resnest 0.1 (checkpoint "
+            f"format 1) and stores the optimizer state as a pickle ({_PICKLE_MEMBER}), which "
+            f"can run arbitrary code when loaded, so it is never unpickled. Its weights are "
+            f"safe to use: start a new run from them with model.pretrained={path} (optimizer "
+            f"state and position start afresh), or evaluate them with "
+            f"`gluon-resnest eval {path}`")
+    if "optimizer.json" not in names or "optimizer.params" not in names:
+        raise ValueError(f"checkpoint {path!r} holds no optimizer state (saved without a "
+                         f"trainer); start a new run from its weights with "
+                         f"model.pretrained={path}")
+
+
+def check_resumable(path: str) -> Dict[str, Any]:
+    """The metadata of ``path`` if training can resume from it (reads only JSON and the member
+    list): :class:`UnsafeCheckpointError` for a format-1 checkpoint (pickled optimizer state),
+    ValueError when it holds no optimizer state. Lets a caller refuse before building a run."""
+    path = resolve_checkpoint(path)
     meta = read_meta(path)
+    with _open(path) as zf:
+        _check_resumable(path, meta, zf.namelist())
+    return meta
+
+
+def _malformed_is_valueerror(path: str, fn, *args):
+    try:
+        return fn(*args)
+    except (KeyError, TypeError, AttributeError) as err:   # a field missing or of another type
+        raise ValueError(f"checkpoint {path!r}: malformed optimizer.json ({err!r})") from None
+
+
+def load_checkpoint(path: str, net, trainer=None, ctx=None) -> Dict[str, Any]:
+    """Load parameters (and optimizer state, when ``trainer`` is given) into ``net``; restore
+    the global Python/numpy RNG states; return the metadata. Nothing is unpickled: a format-1
+    checkpoint is refused with :class:`UnsafeCheckpointError` when ``trainer`` is given."""
+    import mxnet as mx
+
+    from ..model.parameters import load_parameters
+    path = resolve_checkpoint(path)
+    meta = read_meta(path)
+    arrays: Dict[str, Any] = {}
+    info: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gluon_resnest-ckpt-") as work:
         with _open(path) as zf:
-            zf.extractall(work)
-        load_parameters(net, os.path.join(work, "model.params"), ctx=ctx)
-        states = os.path.join(work, "trainer.states")
-        if trainer is not None:
-            if not os.path.isfile(states):
-                raise ValueError(f"checkpoint {path!r} holds no optimizer states")
-            trainer.load_states(states)
+            names = zf.namelist()
+            if trainer is not None:
+                _check_resumable(path, meta, names)
+                try:
+                    info = json.loads(zf.read("optimizer.json"))
+                    arrays = mx.nd.load_frombuffer(zf.read("optimizer.params"))
+                    arrays = arrays or {}     # MXNet reads an empty dict back as []
+                except (ValueError, mx.base.MXNetError) as err:
+                    raise ValueError(f"checkpoint {path!r}: unreadable optimizer state "
+                                     f"({str(err).splitlines()[0]})") from None
+                if not isinstance(info, dict) or not isinstance(arrays, dict):
+                    raise ValueError(f"checkpoint {path!r}: optimizer.json/optimizer.params do "
+                                     f"not hold named entries")
+            params = zf.extract("model.params", work)
+        index = _malformed_is_valueerror(path, _check_optimizer_info, path, net, trainer,
+                                         info) if trainer is not None else {}
+        load_parameters(net, params, ctx=ctx)
+    if trainer is not None:
+        _malformed_is_valueerror(path, _restore_optimizer, path, trainer, index, arrays, info)
     set_rng_state(meta["rng"])
     return meta
 

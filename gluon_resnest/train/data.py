@@ -13,39 +13,30 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
+from ..data.transforms import (
+    IMAGE_EXTENSIONS,
+    INTERPOLATION,
+    CorruptImageError,
+    EvalTransform,
+    decode,
+    normalize,
+)
 from . import recipe
 
 __all__ = ["CorruptImageError", "DigitsSource", "FolderSource", "RecordSource", "SubsetSource",
-           "open_data", "open_source", "train_transform", "eval_transform", "BatchLoader",
-           "write_folder", "write_record", "IMAGE_EXTENSIONS"]
+           "open_data", "open_source", "train_transform", "eval_transform",
+           "eval_transform_for", "BatchLoader", "write_folder", "write_record", "IMAGE_EXTENSIONS", "decode"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
-                 "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 # AlexNet's PCA lighting (ImageNet RGB eigen-decomposition, values on a 0..1 scale)
 _EIGVAL = np.array([55.46, 4.794, 1.148], dtype=np.float32) / 255.0
 _EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                     [-0.5808, -0.0045, -0.8140],
                     [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
-
-
-class CorruptImageError(ValueError):
-    """An image file or record that cannot be decoded."""
-
-
-def decode(buf: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB; CorruptImageError if undecodable."""
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
-    if img is None or img.ndim != 3 or min(img.shape[:2]) < 1:
-        raise CorruptImageError(f"cannot decode image {name} ({len(buf)} bytes): unreadable or "
-                                f"not an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 # -- sources --------------------------------------------------------------------------------
@@ -269,11 +260,6 @@ def _head(names: Sequence[str], n: int = 5) -> str:
 
 
 # -- transforms -----------------------------------------------------------------------------
-def _normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    x = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
-
-
 def random_resized_crop(img: np.ndarray, rng: np.random.Generator, size: int,
                         area: Sequence[float], ratio: Sequence[float], interp: int) -> np.ndarray:
     """Crop a random area fraction in ``area`` with aspect ratio in ``ratio`` (log-uniform),
@@ -314,23 +300,19 @@ def train_transform(img: np.ndarray, rng: np.random.Generator, data: Dict[str, A
     if aug["lighting"] > 0:
         alpha = rng.normal(0.0, aug["lighting"], size=3).astype(np.float32)
         x = x + _EIGVEC @ (alpha * _EIGVAL)
-    return _normalize(x, data["mean"], data["std"])
+    return normalize(x, data["mean"], data["std"])
+
+
+def eval_transform_for(data: Dict[str, Any]) -> EvalTransform:
+    """The evaluation transform of a config's ``data`` section (``test_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``)."""
+    return EvalTransform(data["test_size"], data["crop_pct"], data["interpolation"],
+                         data["mean"], data["std"])
 
 
 def eval_transform(img: np.ndarray, data: Dict[str, Any]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, S, S) float32: resize the short side to ``ceil(S / crop_pct)``,
-    centre crop ``S x S``, normalise (the variant's test transform)."""
-    size = data["test_size"]
-    short = int(math.ceil(size / data["crop_pct"]))
-    h, w = img.shape[:2]
-    if min(h, w) != short:
-        scale = short / min(h, w)
-        nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
-        img = cv2.resize(img, (nw, nh), interpolation=INTERPOLATION[data["interpolation"]])
-        h, w = nh, nw
-    y0, x0 = (h - size) // 2, (w - size) // 2
-    img = img[y0:y0 + size, x0:x0 + size]
-    return _normalize(img.astype(np.float32) / 255.0, data["mean"], data["std"])
+    """(H, W, 3) uint8 -> (3, S, S) float32 with :func:`eval_transform_for` of ``data``."""
+    return eval_transform_for(data)(img)
 
 
 # -- batches --------------------------------------------------------------------------------
@@ -343,10 +325,11 @@ class BatchLoader:
     every global batch (data-parallel workers). ``train=False``: every sample once, in order.
     Unreadable samples raise :class:`CorruptImageError` (``on_corrupt='error'``) or are left out
     of their batch and recorded in :attr:`skipped` (``'skip'``). Labels outside
-    ``[0, classes)`` raise ValueError.
+    ``[0, classes)`` raise ValueError. ``data``: the config's ``data`` section, or for
+    ``train=False`` an :class:`~gluon_resnest.data.transforms.EvalTransform` (a model's own).
     """
 
-    def __init__(self, source: Any, batch_size: int, data: Dict[str, Any],
+    def __init__(self, source: Any, batch_size: int, data: Union[Dict[str, Any], EvalTransform],
                  aug: Optional[Dict[str, Any]] = None, train: bool = True, seed: int = 0,
                  workers: int = 0, on_corrupt: str = "error", part: Tuple[int, int] = (0, 1),
                  classes: Optional[int] = None) -> None:
@@ -359,6 +342,13 @@ class BatchLoader:
         self.source, self.batch_size, self.data, self.aug = source, batch_size, data, aug
         self.train, self.seed, self.on_corrupt, self.part = train, seed, on_corrupt, part
         self.classes = classes
+        if train and isinstance(data, EvalTransform):
+            raise TypeError("a training BatchLoader needs the config's data section, not an "
+                            "EvalTransform")
+        self.eval_transform: Optional[EvalTransform] = None
+        if not train:
+            self.eval_transform = (data if isinstance(data, EvalTransform)
+                                   else eval_transform_for(data))
         self.skipped: List[Tuple[str, str]] = []
         self._pool = ThreadPoolExecutor(workers) if workers > 0 else None
 
@@ -394,7 +384,7 @@ class BatchLoader:
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, int(i)])
             return train_transform(img, rng, self.data, self.aug), label
-        return eval_transform(img, self.data), label
+        return self.eval_transform(img), label
 
     def _submit(self, order: np.ndarray, it: int, epoch: int):
         idx = self._indices(order, it)

@@ -1,100 +1,105 @@
-"""Evaluation and prediction with a trained model: an exported symbol or a checkpoint.
+"""The one model loader, evaluation and prediction.
 
-An exported model is ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` (``net.export``); training
-also writes ``PREFIX-meta.json`` with the class names and the test transform. A checkpoint
-(``.ckpt`` or a run folder) carries its config, so the network is rebuilt from it.
+:func:`load` accepts every form a model takes: a variant name (with its weights), an exported
+artifact (symbol ``PREFIX`` or ``.onnx`` file, see :mod:`gluon_resnest.deploy.artifact`), a
+``.ckpt`` checkpoint or a run folder. It returns a
+:class:`~gluon_resnest.deploy.artifact.LoadedModel`: call it on a batch preprocessed with
+``model.meta.transform``. Checkpoints carry their training config, from which the network
+and its metadata (:func:`meta_from_config`) are rebuilt.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+import random
+from typing import Any, Dict, List, Optional, Sequence, Union
 
+import mxnet as mx
 import numpy as np
 
-from . import data as data_mod
+from ..data.transforms import read_image
+from ..deploy.artifact import LoadedModel, ModelMeta, load_artifact, load_variant
+from ..deploy.symbol import symbol_files
+from ..model.resnest import build
+from ..model.variants import ALIASES, VARIANTS, resolve_name
+from . import checkpoint
 
-__all__ = ["LoadedModel", "load_model", "evaluate", "predict_files", "topk_correct",
-           "write_export_meta"]
-
-
-@dataclass
-class LoadedModel:
-    """A ready-to-run network and what is needed to feed it."""
-
-    net: Any                          # HybridBlock: (N, 3, S, S) -> (N, classes) logits
-    classes: List[str]
-    data: Dict[str, Any]              # test_size, crop_pct, interpolation, mean, std
-    source: str
-    info: Dict[str, Any] = field(default_factory=dict)
+__all__ = ["LoadedModel", "load", "meta_from_config", "evaluate", "predict_files",
+           "topk_correct", "describe"]
 
 
-_TEST_KEYS = ("test_size", "crop_pct", "interpolation", "mean", "std")
+def meta_from_config(cfg: Dict[str, Any], classes: Sequence[str], **details: Any) -> ModelMeta:
+    """The metadata of a network trained with ``cfg``: its test transform, its classes."""
+    d, m = cfg["data"], cfg["model"]
+    if m.get("kwargs"):
+        details = {"model_kwargs": dict(m["kwargs"]), **details}
+    return ModelMeta(resolve_name(m["name"]), d["test_size"], d["crop_pct"], d["interpolation"],
+                     d["mean"], d["std"], len(classes), tuple(classes),
+                     task=cfg.get("task", "classification"), details=details)
 
 
-def write_export_meta(prefix: str, variant: str, classes: Sequence[str],
-                      data_cfg: Dict[str, Any]) -> str:
-    path = prefix + "-meta.json"
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"variant": variant, "classes": list(classes),
-                   "data": {k: data_cfg[k] for k in _TEST_KEYS}}, f, indent=1)
-    return path
+def _is_variant(name: str) -> bool:
+    return name.lower() in VARIANTS or name.lower() in ALIASES
 
 
-def _default_test_data(variant: Optional[str]) -> Dict[str, Any]:
-    from ..model.variants import VARIANTS, resolve_name
-    spec = VARIANTS[resolve_name(variant or "resnest50")]
-    return {"test_size": spec.input_size, "crop_pct": spec.crop_pct,
-            "interpolation": spec.interpolation, "mean": list(spec.mean), "std": list(spec.std)}
-
-
-def load_model(path: str, ctx=None, overrides: Optional[Dict[str, Any]] = None) -> LoadedModel:
-    """Load an exported model (``PREFIX`` or ``PREFIX-symbol.json``) or a checkpoint
-    (``.ckpt`` file or run folder). ``overrides``: test transform keys to replace."""
-    import mxnet as mx
+def _load_checkpoint(path: str, ctx=None) -> LoadedModel:
+    """A ``.ckpt`` file, or a run folder: its ``best.ckpt`` (the epoch the run exported),
+    else its ``last.ckpt``."""
     ctx = ctx or mx.cpu()
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    prefix = path[:-len("-symbol.json")] if path.endswith("-symbol.json") else path
-    if os.path.isfile(prefix + "-symbol.json"):
-        params = prefix + "-0000.params"
-        if not os.path.isfile(params):
-            raise FileNotFoundError(f"exported model {prefix!r}: {params!r} does not exist")
-        meta: Dict[str, Any] = {}
-        if os.path.isfile(prefix + "-meta.json"):
-            with open(prefix + "-meta.json", encoding="utf-8") as f:
-                meta = json.load(f)
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], params, ctx=ctx)
-        test = dict(meta.get("data") or _default_test_data(meta.get("variant")), **overrides)
-        classes = meta.get("classes")
-        if classes is None:
-            n = net(mx.nd.zeros((1, 3, test["test_size"], test["test_size"]), ctx=ctx)).shape[1]
-            classes = [str(i) for i in range(n)]
-        return LoadedModel(net, classes, test, f"exported model {prefix}",
-                           {"variant": meta.get("variant")})
-    if path.endswith("-symbol.json") or (not os.path.exists(path)
-                                         and not os.path.exists(path + "-symbol.json")):
-        raise FileNotFoundError(f"no model at {path!r}: give an exported prefix (with "
-                                f"PREFIX-symbol.json and PREFIX-0000.params), a .ckpt "
-                                f"checkpoint, or a run folder")
-    from . import checkpoint
-    from .trainer import build_net
-    ckpt = checkpoint.resolve_checkpoint(path)
-    meta = checkpoint.read_meta(ckpt)
-    cfg = meta["config"]
-    classes = meta["classes"]
-    net = build_net(cfg, len(classes))
-    with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:
-        from ..model.parameters import load_parameters
-        load_parameters(net, checkpoint.extract_params(ckpt, work), ctx=ctx)
-    net.hybridize(static_alloc=True)
-    test = dict({k: cfg["data"][k] for k in _TEST_KEYS}, **overrides)
-    return LoadedModel(net, classes, test, f"checkpoint {ckpt} (epoch {meta['epoch']})",
-                       {"variant": cfg["model"]["name"], "epoch": meta["epoch"]})
+    run = path if os.path.isdir(path) else None
+    best = os.path.join(path, "best.ckpt") if run else None
+    ckpt = best if best and os.path.isfile(best) else checkpoint.resolve_checkpoint(path)
+    info = checkpoint.read_meta(ckpt)
+    cfg, classes = info["config"], info["classes"]
+    net = build(cfg["model"]["name"], classes=len(classes), **cfg["model"]["kwargs"])
+    # load_checkpoint also restores the global Python/numpy RNG states (for resuming);
+    # loading a model to evaluate must leave the caller's generators alone
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        checkpoint.load_checkpoint(ckpt, net, ctx=ctx)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    net.hybridize(static_alloc=True, static_shape=True)
+    epoch = info["epoch"]
+    meta = meta_from_config(cfg, classes, epoch=epoch)
+    source = f"checkpoint {ckpt} (epoch {epoch})"
+    if run:
+        exported = os.path.join(run, "export", "model")
+        which = "best.ckpt" if ckpt == best else "last.ckpt (no best.ckpt)"
+        top1 = (info.get("best") or {}).get("val_top1")
+        source = (f"run folder {run}: {which}, epoch {epoch}"
+                  + (f" (best validation top-1 {100 * top1:.2f}%)" if top1 is not None
+                     and ckpt == best else "")
+                  + (f", the epoch exported to {exported}"
+                     if ckpt == best and os.path.isfile(symbol_files(exported)[0]) else ""))
+    return LoadedModel(meta, source, block=net, path=ckpt, ctx=ctx)
+
+
+def load(model: str, params: Optional[str] = None, pretrained: Union[bool, str] = False,
+         random_init: bool = False, classes: Optional[int] = None, ctx=None) -> LoadedModel:
+    """Load any form of model.
+
+    ``model``: a variant name (weights from ``params``, ``pretrained`` or ``random_init``,
+    head size ``classes``; a variant name wins over a file of that name: write
+    ``./resnest50``), an exported ``PREFIX`` (or ``PREFIX-symbol.json``), an ``.onnx`` file
+    (needs onnxruntime, the ``onnx`` extra), a ``.ckpt`` file or a run folder.
+    """
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a str (variant name or path), got {type(model).__name__}")
+    if _is_variant(model):
+        return load_variant(model, params, pretrained, random_init, classes, ctx)
+    if params or pretrained or random_init or classes is not None:
+        raise ValueError("--params/--pretrained/--random/--classes apply to a variant name, not "
+                         f"to {model!r}")
+    path = os.path.expanduser(model)
+    if path.lower().endswith(".onnx") or path.endswith("-symbol.json") or \
+            os.path.isfile(symbol_files(path)[0]):
+        return load_artifact(path, ctx)
+    if os.path.isdir(path) or path.endswith(".ckpt"):
+        return _load_checkpoint(path, ctx)
+    raise FileNotFoundError(f"no model at {model!r}: give a variant name, an exported prefix "
+                            f"(PREFIX-symbol.json beside it), an .onnx file, a .ckpt "
+                            f"checkpoint or a run folder")
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
@@ -104,10 +109,17 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     return int((top == labels[:, None]).any(axis=1).sum())
 
 
-def evaluate(net, loader, ctx=None) -> Dict[str, float]:
-    """Top-1, top-5 accuracy and mean cross-entropy of ``net`` over every batch of ``loader``;
-    also returns the logits (``'logits'``) in loader order."""
-    import mxnet as mx
+def _logits(net: Any, x: np.ndarray, ctx) -> np.ndarray:
+    if isinstance(net, LoadedModel):
+        return net(x).astype(np.float64)
+    with mx.autograd.predict_mode():
+        return net(mx.nd.array(x, ctx=ctx)).astype("float32").asnumpy().astype(np.float64)
+
+
+def evaluate(net: Any, loader, ctx=None) -> Dict[str, Any]:
+    """Top-1, top-5 accuracy and mean cross-entropy of ``net`` (a LoadedModel or a Gluon
+    block) over every batch of ``loader``; also returns the logits (``'logits'``) in loader
+    order."""
     ctx = ctx or mx.cpu()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
@@ -115,8 +127,7 @@ def evaluate(net, loader, ctx=None) -> Dict[str, float]:
     for _, x, y in loader.batches(0):
         if len(y) == 0:
             continue
-        with mx.autograd.predict_mode():
-            logits = net(mx.nd.array(x, ctx=ctx)).asnumpy().astype(np.float64)
+        logits = _logits(net, x, ctx)
         outs.append(logits)
         shifted = logits - logits.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -130,32 +141,29 @@ def evaluate(net, loader, ctx=None) -> Dict[str, float]:
             "logits": np.concatenate(outs)}
 
 
-def predict_files(model: LoadedModel, files: Sequence[str], topk: int = 5, ctx=None,
+def predict_files(model: LoadedModel, files: Sequence[str], topk: int = 5,
                   batch_size: int = 32) -> List[Dict[str, Any]]:
-    """Top-k (label, probability) for each image file."""
-    import mxnet as mx
-    ctx = ctx or mx.cpu()
+    """Top-k (label, probability) for each image file, preprocessed with the model's
+    transform."""
+    if not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be a positive int, got {topk!r}")
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path!r} does not exist")
+    names = model.classes
     results = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        xs = []
-        for path in chunk:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"image {path!r} does not exist")
-            with open(path, "rb") as f:
-                xs.append(data_mod.eval_transform(data_mod.decode(f.read(), path), model.data))
-        with mx.autograd.predict_mode():
-            logits = model.net(mx.nd.array(np.stack(xs), ctx=ctx)).asnumpy().astype(np.float64)
+        x = np.stack([model.preprocess(read_image(path)) for path in chunk])
+        logits = model(x).astype(np.float64)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         for path, p in zip(chunk, probs):
             order = np.argsort(-p)[:min(topk, len(p))]
-            results.append({"file": path, "top": [(model.classes[i] if i < len(model.classes)
-                                                   else str(i), float(p[i])) for i in order]})
+            results.append({"file": path, "top": [(names[i], float(p[i])) for i in order]})
     return results
 
 
-def describe(metrics: Dict[str, float]) -> str:
+def describe(metrics: Dict[str, Any]) -> str:
     return (f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
             f"loss {metrics['loss']:.4f}  ({metrics['count']} images)")
-

@@ -3,17 +3,20 @@
 Cosine learning rate with linear warm-up, learning rate scaled by batch size, label smoothing,
 mixup, the DropBlock ramp, no weight decay on biases and BatchNorm, and AutoAugment with the
 ImageNet policy of Cubuk et al. (2019), implemented here from the published policy table.
+Also the detection/segmentation schedules (:func:`dense_lr_at`) and the fitting of a
+recipe to a small data set (:func:`size_to_data`).
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
-__all__ = ["scaled_lr", "lr_at", "smooth_targets", "mixup", "dropblock_prob_at",
-           "set_dropblock", "exclude_from_wd", "IMAGENET_POLICY", "OPS", "op_value",
+__all__ = ["scaled_lr", "lr_at", "dense_lr_at", "size_to_data", "smooth_targets", "mixup",
+           "dropblock_prob_at", "set_dropblock", "exclude_from_wd", "IMAGENET_POLICY", "OPS", "op_value",
            "auto_augment"]
 
 
@@ -43,6 +46,64 @@ def lr_at(step: int, steps_per_epoch: int, epochs: int, base_lr: float,
     span = max(total - warm - 1, 1)
     t = min(step - warm, span)
     return final_lr + (base_lr - final_lr) * (1 + math.cos(math.pi * t / span)) / 2
+
+
+def dense_lr_at(it: int, total: int, base_lr: float, mode: str = "step",
+                steps: Sequence[int] = (), decay: float = 0.1, warmup: int = 0,
+                warmup_factor: float = 1 / 3, power: float = 0.9) -> float:
+    """Learning rate of detection/segmentation update ``it`` (1-based: MXNet's optimizer
+    counts updates from 1) of ``total``: GluonCV's ``LRScheduler`` schedules.
+
+    The first ``W = min(warmup, total - 1)`` updates rise linearly from
+    ``base_lr * warmup_factor``. After them, with ``t`` = updates since the warm-up (at most
+    ``N = total - W - 1``): ``step`` multiplies ``base_lr`` by ``decay`` once for each of
+    ``steps`` (iterations after the warm-up) that ``t`` has reached; ``poly`` is
+    ``base_lr * (1 - t/N) ** power``; ``cosine`` ``base_lr * (1 + cos(pi t/N)) / 2``;
+    ``linear`` ``base_lr * (1 - t/N)``; ``constant`` ``base_lr``.
+    """
+    warm = max(0, min(warmup, total - 1))
+    u = min(it, total - 1)
+    if u < warm:
+        start = base_lr * warmup_factor
+        return start + (base_lr - start) * u / max(warm - 1, 1)
+    n = max(total - warm - 1, 1)
+    t = min(max(u - warm, 0), n)
+    if mode == "step":
+        return base_lr * decay ** sum(1 for s in steps if s <= t)
+    if mode == "constant":
+        return base_lr
+    factor = {"linear": lambda: 1 - t / n, "poly": lambda: (1 - t / n) ** power,
+              "cosine": lambda: (1 + math.cos(math.pi * t / n)) / 2}
+    if mode not in factor:
+        raise ValueError(f"lr mode must be step, poly, cosine, linear or constant, got {mode!r}")
+    return base_lr * factor[mode]()
+
+
+def size_to_data(cfg: Dict[str, Any], train_images: int, classes: int,
+                 fixed: Collection[str] = ()) -> Tuple[Dict[str, Any], List[str]]:
+    """Fit a classification recipe to a data set of ``train_images`` images in ``classes``
+    classes: the classifier gets the data's classes, the batch is at most the data (so an
+    epoch has at least one iteration; a multiple of the devices), and the warm-up ends before
+    the last epoch. Keys in ``fixed`` (dotted, e.g. ``optim.batch_size``: the user's) are
+    kept. Returns the new config and a line per decision."""
+    cfg = copy.deepcopy(cfg)
+    m, o = cfg["model"], cfg["optim"]
+    notes = []
+    if "model.classes" not in fixed:
+        m["classes"] = classes
+        notes.append(f"{classes} classes (from the data)")
+    if "optim.batch_size" not in fixed:
+        devices = max(1, len(cfg["run"]["devices"]))
+        batch = min(o["batch_size"], train_images)
+        o["batch_size"] = max(devices, batch - batch % devices)
+    lr = scaled_lr(o["lr"], o["batch_size"], o["lr_batch_size"])
+    notes.append(f"batch {o['batch_size']} of {train_images} training images "
+                 f"({train_images // o['batch_size']} iteration(s) per epoch), lr {lr:.4g} "
+                 f"({o['lr']} per {o['lr_batch_size']} images)")
+    if "optim.warmup_epochs" not in fixed:
+        o["warmup_epochs"] = min(o["warmup_epochs"], max(0, o["epochs"] - 1))
+    notes.append(f"{o['warmup_epochs']} warm-up epoch(s) of {o['epochs']}")
+    return cfg, notes
 
 
 # -- targets --------------------------------------------------------------------------------

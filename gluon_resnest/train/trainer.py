@@ -15,43 +15,37 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
-import signal
 import sys
-import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..deploy.artifact import load_artifact
+from ..deploy.artifact import save as save_artifact
 from . import checkpoint as ckpt_mod
 from . import recipe
-from .config import format_config
 from .data import BatchLoader, open_data
 from .distributed import parse_devices, setup_parallel
-from .inference import evaluate, write_export_meta
+from .inference import evaluate, meta_from_config
+from .loop import (
+    NonFiniteLossError,
+    SignalGuard,
+    TrainingInterrupted,
+    atomic_copy,
+    atomic_write,
+    iteration_seed,
+    non_finite_error,
+    save_guarded,
+    write_run_config,
+)
 
-__all__ = ["run", "Trainer", "build_net", "TrainingInterrupted", "NonFiniteLossError",
-           "default_out_dir"]
+__all__ = ["run", "Trainer", "build_net", "fit_to_data", "TrainingInterrupted",
+           "NonFiniteLossError", "default_out_dir"]
 
 Callback = Callable[[str, "Trainer", Dict[str, Any]], None]
 _METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
                   "images_per_s", "seconds", "dropblock_prob"]
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written."""
-
-    def __init__(self, signum: int, checkpoint: str, epoch: int, iteration: int) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name} at epoch {epoch + 1}, iteration {iteration}; "
-                         f"checkpoint saved to {checkpoint} (continue with --resume "
-                         f"{checkpoint})")
-        self.signum, self.checkpoint = signum, checkpoint
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped without saving the bad state."""
 
 
 def default_out_dir(cfg: Dict[str, Any]) -> str:
@@ -59,8 +53,32 @@ def default_out_dir(cfg: Dict[str, Any]) -> str:
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _seed32(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+def fit_to_data(cfg: Dict[str, Any], fixed: Collection[str] = ()
+                ) -> Tuple[Dict[str, Any], List[str]]:
+    """A fine-tuning config sized to its training data (:func:`recipe.size_to_data` with the
+    training split's image and class counts; keys in ``fixed`` are kept). With
+    ``model.pretrained: true`` GluonCV's file for the variant must be there (nothing is
+    downloaded). Returns the config and one line per decision."""
+    from ..weights.gluoncv import resolve_pretrained
+    train_src, _ = open_data(cfg["data"])
+    names = train_src.classes
+    if names is None:                    # RecordIO without its .lst: read the labels
+        names = range(max(getattr(train_src, "source", train_src).scan_labels()) + 1)
+    cfg, notes = recipe.size_to_data(cfg, len(train_src), len(names), fixed)
+    m = cfg["model"]
+    if m["pretrained"] is True:
+        try:
+            notes.append(f"pretrained weights: {resolve_pretrained(m['name'], True)}")
+        except FileNotFoundError as err:
+            raise ValueError(f"fine-tuning {m['name']} starts from its ImageNet weights, and "
+                             f"none were found ({err}). Give model.pretrained=FILE (a GluonCV "
+                             f".params file, a .ckpt or a run folder), model.pretrained=null to "
+                             f"train from scratch, or -c CONFIG") from None
+    elif m["pretrained"]:
+        notes.append(f"pretrained weights: {m['pretrained']}")
+    else:
+        notes.append("no pretrained weights (model.pretrained=null): training from scratch")
+    return cfg, notes
 
 
 def final_dropblock(cfg: Dict[str, Any]) -> float:
@@ -154,7 +172,7 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.best: Dict[str, Any] = {}
         self.partial = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        self._signal: Optional[int] = None
+        self.guard = SignalGuard(log)
         if resume:
             self._resume(resume)
 
@@ -222,18 +240,26 @@ class Trainer:
                 "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def save(self, name: str = "last.ckpt") -> str:
-        return ckpt_mod.save_checkpoint(os.path.join(self.out, name), self.net, self.trainer,
-                                        self._meta())
+        """Write a checkpoint atomically, unless a parameter became NaN/Inf
+        (:class:`NonFiniteLossError`; the previous file stays)."""
+        return save_guarded(os.path.join(self.out, name), self.net, self.trainer, self._meta(),
+                            f"epoch {self.epoch + 1}, iteration {self.iteration}",
+                            self._advice())
+
+    def _advice(self, lr: Optional[float] = None) -> str:
+        o = self.cfg["optim"]
+        now = f", {lr:.4g} at this step" if lr is not None else ""
+        return (f"Lower optim.lr (now {o['lr']} per {o['lr_batch_size']} images{now}) or check "
+                f"the data")
 
     def _write_metrics(self) -> None:
-        path = os.path.join(self.out, "metrics.csv")
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=_METRIC_FIELDS)
-            w.writeheader()
-            for row in self.history:
-                w.writerow({k: row.get(k, "") for k in _METRIC_FIELDS})
-        os.replace(tmp, path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=_METRIC_FIELDS)
+                w.writeheader()
+                for row in self.history:
+                    w.writerow({k: row.get(k, "") for k in _METRIC_FIELDS})
+        atomic_write(os.path.join(self.out, "metrics.csv"), write)
 
     def _plot(self) -> Optional[str]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -265,22 +291,6 @@ class Trainer:
         return path
 
     # -- the loop ---------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        if self._signal is not None:   # a second signal: stop now (checkpoints stay intact)
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without "
-                                    f"a new checkpoint")
-        self._signal = signum
-        self.log(f"\n{signal.Signals(signum).name} received: finishing this iteration, then "
-                 f"saving a checkpoint (send it again to stop at once)")
-
-    def _install_signals(self) -> Dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, self._on_signal)
-        return old
-
     def lr_at(self, step: int) -> float:
         o = self.cfg["optim"]
         return recipe.lr_at(step, self.iters, o["epochs"], self.base_lr, o["warmup_epochs"],
@@ -297,7 +307,7 @@ class Trainer:
             hard = y if lam >= 0.5 else y[::-1]
         lr = self.lr_at(epoch * self.iters + it)
         self.trainer.set_learning_rate(lr)
-        mx.random.seed(_seed32(self.seed, epoch, it, 0xD20))
+        mx.random.seed(iteration_seed(self.seed, epoch, it, 0xD20))
         xs = mx.gluon.utils.split_and_load(x, self.ctx, even_split=False)
         ts = mx.gluon.utils.split_and_load(targets, self.ctx, even_split=False)
         with mx.autograd.record():
@@ -306,40 +316,33 @@ class Trainer:
         mx.autograd.backward(losses)
         loss_sum = float(sum(loss.sum().asscalar() for loss in losses))
         if not math.isfinite(loss_sum):
-            last = os.path.join(self.out, "last.ckpt")
-            kept = (f"the last good checkpoint is {last} (epoch {len(self.history)})"
-                    if os.path.isfile(last) else "no checkpoint was written yet")
-            raise NonFiniteLossError(
-                f"loss became {loss_sum} at epoch {epoch + 1}, iteration {it}; training "
-                f"stopped and {kept}. Lower optim.lr (now {o['lr']} per {o['lr_batch_size']} "
-                f"images, {lr:.4g} at this step) or check the data")
+            raise non_finite_error(f"loss became {loss_sum}", f"epoch {epoch + 1}, iteration "
+                                   f"{it}", os.path.join(self.out, "last.ckpt"),
+                                   self._advice(lr), f"epoch {len(self.history)}")
         self.trainer.step(self.parallel.step_batch(len(y)))
         pred = np.concatenate([out.asnumpy() for out in outs]).argmax(axis=1)
         return loss_sum, int((pred == hard).sum()), lr
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
         """Train from the current position to ``optim.epochs`` (or ``run.stop_after``)."""
-        cfg, o, run_cfg = self.cfg, self.cfg["optim"], self.cfg["run"]
-        os.makedirs(self.out, exist_ok=True)
-        with open(os.path.join(self.out, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(format_config(cfg) + "\n")
+        o, run_cfg = self.cfg["optim"], self.cfg["run"]
+        write_run_config(self.out, self.cfg)
         self._describe()
-        old = self._install_signals()
         stop_after = run_cfg["stop_after"]
         t_start = time.time()
         status = "finished"
         try:
-            while self.epoch < o["epochs"]:
-                if stop_after is not None and self.epoch >= stop_after:
-                    status = "stopped"
-                    break
-                self._run_epoch(callbacks)
-                if self._signal is not None:
-                    raise TrainingInterrupted(self._signal, os.path.join(self.out, "last.ckpt"),
-                                              self.epoch, 0)
+            with self.guard:
+                while self.epoch < o["epochs"]:
+                    if stop_after is not None and self.epoch >= stop_after:
+                        status = "stopped"
+                        break
+                    self._run_epoch(callbacks)
+                    if self.guard.received is not None:
+                        raise TrainingInterrupted(self.guard.received,
+                                                  os.path.join(self.out, "last.ckpt"),
+                                                  f"epoch {self.epoch + 1}, iteration 0")
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             self.train_loader.close()
             if self.rank == 0:
                 self._plot()
@@ -409,10 +412,11 @@ class Trainer:
                                 lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
                 for cb in callbacks:
                     cb("iteration_end", self, {"epoch": epoch, "iteration": it})
-                if self._signal is not None and self.iteration < self.iters:
+                if self.guard.received is not None and self.iteration < self.iters:
                     bar.close()
                     path = self.save()
-                    raise TrainingInterrupted(self._signal, path, epoch, self.iteration)
+                    raise TrainingInterrupted(self.guard.received, path,
+                                              f"epoch {epoch + 1}, iteration {self.iteration}")
         finally:
             bar.close()
         self.parallel.average_aux(self.net)
@@ -435,9 +439,7 @@ class Trainer:
                          "val_top1": row.get("val_top1"), "train_acc": row["train_acc"]}
         last = self.save()
         if improved:
-            tmp = os.path.join(self.out, ".best.ckpt.tmp")
-            shutil.copyfile(last, tmp)
-            os.replace(tmp, os.path.join(self.out, "best.ckpt"))
+            atomic_copy(last, os.path.join(self.out, "best.ckpt"))
         self._write_metrics()
         if self.rank == 0 and seconds > 60:   # long epochs: keep the curves current
             self._plot()
@@ -459,30 +461,24 @@ class Trainer:
 
     # -- export -----------------------------------------------------------------------------
     def export_best(self) -> Dict[str, Any]:
-        """Export the best checkpoint's network and check the exported model's predictions on
-        the validation split against the network's own."""
+        """Export the best checkpoint's network as an artifact (symbol files + metadata) and
+        check the exported model's predictions on the validation split against the
+        network's own."""
         import tempfile
-        import warnings
 
         from ..model.parameters import load_parameters
-        mx = self.mx
         best = os.path.join(self.out, "best.ckpt")
         with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:
             load_parameters(self.net, ckpt_mod.extract_params(best, work), ctx=self.ctx)
         prefix = os.path.join(self.out, "export", "model")
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
-        if not self.net._active:
-            self.net.hybridize(static_alloc=True, static_shape=True)
-        self.net.export(prefix)
-        write_export_meta(prefix, self.net.variant, self.class_names, self.cfg["data"])
+        meta = meta_from_config(self.cfg, self.class_names, epoch=self.best.get("epoch"))
+        save_artifact(self.net, prefix, meta.updated(format="symbol"))
         result: Dict[str, Any] = {"prefix": prefix, "epoch": self.best.get("epoch")}
         if self.val_loader is None:
             result["checked"] = 0
             return result
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exported = mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"],
-                                                    prefix + "-0000.params", ctx=self.ctx[0])
+        exported = load_artifact(prefix, ctx=self.ctx[0])
         ours = evaluate(self.net, self.val_loader, self.ctx[0])
         theirs = evaluate(exported, self.val_loader, self.ctx[0])
         diff = float(np.abs(ours["logits"] - theirs["logits"]).max())

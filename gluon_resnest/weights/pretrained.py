@@ -5,12 +5,16 @@ from typing import Any, Optional, Union
 
 import mxnet as mx
 
+from .._compat import import_gluoncv
 from ..model.parameters import load_parameters
 from ..model.resnest import ResNeSt, build
 from ..model.variants import resolve_name
 from .gluoncv import resolve_pretrained
 
-__all__ = ["get_model"]
+__all__ = ["IMAGENET_CLASSES", "get_model"]
+
+#: Size of the ImageNet-1k classifier GluonCV's pretrained files carry.
+IMAGENET_CLASSES = 1000
 
 
 def get_model(name: str, pretrained: Union[bool, str] = False, ctx: Any = None,
@@ -26,13 +30,17 @@ def get_model(name: str, pretrained: Union[bool, str] = False, ctx: Any = None,
         ``dropblock_prob``, ``final_drop``, ``last_gamma``, ... (see :class:`ResNeSt`).
         With ``pretrained`` and ``classes`` other than 1000, all but the classifier is loaded
         and ``fc`` is freshly initialised (fine-tuning).
+
+    As GluonCV's classifiers, the net carries ``num_classes`` (the head size) and ``classes``:
+    with ``pretrained`` and 1000 classes, ImageNet's class names (also ``synset`` and
+    ``classes_long``), else None.
     """
     canonical = resolve_name(name)
     net = build(canonical, **kwargs)
     if pretrained:
         path = resolve_pretrained(canonical, pretrained, root)
         ctx = ctx if ctx is not None else mx.cpu()
-        if net.classes == 1000:
+        if net.num_classes == IMAGENET_CLASSES:
             load_parameters(net, path, ctx=ctx)
             _attach_imagenet_labels(net)
         else:
@@ -43,9 +51,7 @@ def get_model(name: str, pretrained: Union[bool, str] = False, ctx: Any = None,
 
 
 def _attach_imagenet_labels(net: ResNeSt) -> None:
-    try:
-        from gluoncv.data import ImageNet1kAttr
-    except ImportError:  # pragma: no cover
-        return
-    attrib = ImageNet1kAttr()
-    net.synset, net.classes_names = attrib.synset, attrib.classes
+    """ImageNet's names on a pretrained classifier, from GluonCV's table as its models do."""
+    attrib = import_gluoncv().data.ImageNet1kAttr()
+    net.classes = attrib.classes
+    net.synset, net.classes_long = list(attrib.synset), list(attrib.classes_long)

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
+import mxnet as mx
 import numpy as np
 
-from ..model.parameters import ParameterMismatchError
+from .._compat.mxnet_blocks import structural_params
+from ..model.parameters import check_keys, load_arrays
 from ..model.resnest import ResNeSt, build
 from ..model.variants import ALIASES, VARIANTS, resolve_name
 
@@ -219,29 +221,11 @@ def _guess(mapped: Mapping[str, np.ndarray]) -> str:
     return f" The checkpoint looks like {desc}: try --arch {' or '.join(names)}{note}."
 
 
-def _limited(items: List[str], n: int) -> str:
-    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
-    return "; ".join(items[:n]) + more
-
-
-def _check(mapped: Mapping[str, np.ndarray], net: ResNeSt, name: str, source: str,
-           show: int = 8) -> None:
-    params = {k: tuple(p.shape) for k, p in net._collect_params_with_prefix().items()}
-    missing = sorted(set(params) - set(mapped))
-    unexpected = sorted(set(mapped) - set(params))
-    shapes = [f"{k}: checkpoint {tuple(mapped[k].shape)} vs {name} {params[k]}"
-              for k in params if k in mapped and tuple(mapped[k].shape) != params[k]]
-    if not (missing or unexpected or shapes):
-        return
-    problems = []
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches, first: {_limited(shapes, show)}")
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_limited(missing, show)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_limited(unexpected, show)}")
-    raise ParameterMismatchError(f"{source} does not fit {name} ({describe_arch(name)}): "
-                                 + " | ".join(problems) + "." + _guess(mapped))
+def _check(mapped: Mapping[str, np.ndarray], net: ResNeSt, name: str, source: str) -> None:
+    check_keys({k: tuple(p.shape) for k, p in structural_params(net).items()},
+               {k: tuple(v.shape) for k, v in mapped.items()}, source,
+               f"{name} ({describe_arch(name)})", labels=("checkpoint", name),
+               hint=_guess(mapped))
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], arch: str, classes: Optional[int] = None,
@@ -273,17 +257,14 @@ def net_from_state_dict(state_dict: Mapping[str, Any], arch: str, ctx=None,
     ``build_kwargs`` go to :func:`~gluon_resnest.resnest.build` (e.g. ``output_stride``);
     the architecture itself comes from ``arch``. Returns an initialised, non-hybridized net.
     """
-    import mxnet as mx
     bad = [k for k in build_kwargs if k in _ARCH_FIELDS or k == "classes"]
     if bad:
         raise TypeError(f"{', '.join(bad)} cannot be overridden: the architecture comes from "
                         f"arch={arch!r} and must match the checkpoint")
     name, mapped = convert_state_dict(state_dict, arch, classes, source)
     net = build(name, classes=int(mapped["fc.weight"].shape[0]), **build_kwargs)
-    ctx = ctx or mx.cpu()
-    net.initialize(ctx=ctx)
-    for key, param in net._collect_params_with_prefix().items():
-        param.set_data(mx.nd.array(mapped[key], ctx=ctx))
+    load_arrays(net, {k: mx.nd.array(v) for k, v in mapped.items()}, source,
+                ctx=ctx or mx.cpu())
     return net
 
 
@@ -300,7 +281,6 @@ def convert_checkpoint(src: str, dst: str, arch: str, classes: Optional[int] = N
     ``dst`` has our structural keys: ``get_model(variant, pretrained=dst)`` or
     ``net.load_parameters(dst)`` loads it. Returns our variant name.
     """
-    import mxnet as mx
     name, mapped = convert_state_dict(read_state_dict(src), arch, classes, source=repr(src))
     out_dir = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(out_dir):

@@ -1,0 +1,14 @@
+"""Image data shared by every path: the one evaluation transform and image reading."""
+from .transforms import (
+    IMAGE_EXTENSIONS,
+    INTERPOLATION,
+    CorruptImageError,
+    EvalTransform,
+    decode,
+    list_images,
+    normalize,
+    read_image,
+)
+
+__all__ = ["IMAGE_EXTENSIONS", "INTERPOLATION", "CorruptImageError", "EvalTransform", "decode",
+           "list_images", "normalize", "read_image"]
