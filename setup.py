@@ -50,7 +50,7 @@ TEST_REQUIRES = [
 
 setup(
     name="gluon_resnest",
-    version="0.1.0",
+    version="0.2.0",
     description="ResNeSt (Split-Attention Networks) for Apache MXNet Gluon and GluonCV",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -1,6 +1,8 @@
 """gluon_resnest: ResNeSt (Split-Attention Networks) for MXNet Gluon and GluonCV.
 
 ``import gluon_resnest`` registers every variant in GluonCV's model zoo.
+``gluon_resnest.load(model)`` loads any form of model (a variant, an exported prefix, an
+``.onnx`` file, a ``.ckpt`` or a run folder) with the metadata that says how to feed it.
 """
 from .integrations.gluoncv import register
 from .model.blocks import Bottleneck, DropBlock
@@ -10,9 +12,17 @@ from .model.splat import SplitAttention
 from .model.variants import ALIASES, VARIANTS, VariantSpec, variant_names
 from .weights.pretrained import get_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["SplitAttention", "DropBlock", "Bottleneck", "ResNeSt", "StageFeatures",
            "VariantSpec", "VARIANTS", "ALIASES", "build", "get_model", "load_parameters",
-           "register", "variant_names", "__version__"]
+           "register", "variant_names", "load", "__version__"]
 
 register()
+
+
+def __getattr__(name: str):
+    # the loader pulls in the training and deployment code: only when asked for
+    if name == "load":
+        from .train.inference import load
+        return load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,8 @@ import yaml
 
 from gluon_resnest import cli
 from gluon_resnest.dense.registry import DENSE_MODELS, parse_dense_name
+from gluon_resnest.deploy import artifact
+from gluon_resnest.model.variants import VARIANTS
 from gluon_resnest.train import checkpoint as ck
 from gluon_resnest.train import config as C
 from gluon_resnest.train import dense
@@ -161,7 +163,8 @@ def test_sigint_saves_and_resume_continues_exactly(straight, tmp_path):
     assert (meta["task"], meta["iteration"], len(meta["history"])) == (task, 3, 3)
     with open(os.path.join(run_dir, "config.yaml")) as f:
         assert yaml.safe_load(f)["run"]["out"] == run_dir              # the real folder
-    assert sorted(os.listdir(run_dir)) == ["config.yaml", "last.ckpt"]   # no temp files
+    left = os.listdir(run_dir)
+    assert {"config.yaml", "last.ckpt"} <= set(left) and not [f for f in left if f[0] == "."]
 
     lines = []
     resumed = dense.run(tiny(task, checkpoint_interval=2), run_dir, resume=run_dir,
@@ -196,6 +199,41 @@ def test_a_huge_learning_rate_stops_and_keeps_the_last_good_checkpoint(task, tmp
     assert all(np.isfinite(v).all() for v in params_of(str(tmp_path / "last.ckpt")).values())
 
 
+# -- the export -----------------------------------------------------------------------------
+@pytest.mark.parametrize("task", TASKS)
+def test_export_is_an_artifact_with_the_runs_record(task, tmp_path, capsys):
+    """Two iterations with train.export: the graph is written with model-meta.json through
+    deploy.artifact (task, the data set's class names, the run's input size, the backbone
+    variant's mean/std); loaded back, it computes what the trained network computes (same
+    operators on the same weights: float32 tolerance); eval and predict refuse it naming the
+    task, before reading any data."""
+    out = str(tmp_path / task)
+    trainer = dense.DenseTrainer(C.resolve(tiny(task, iterations=2, export=True)), out,
+                                 log=quiet)
+    result = trainer.fit()
+    assert result["export"] == os.path.join(out, "model")
+    meta = artifact.read_meta(result["export"])
+    variant = VARIANTS["resnest14"].default_cfg
+    classes = ["circle", "square", "triangle"]
+    assert (meta.task, meta.format, meta.precision, meta.input_size) == (task, "symbol", "fp32", 64)
+    assert meta.classes == tuple(classes if task == "detection" else ["background"] + classes)
+    assert meta.mean == tuple(variant["mean"]) and meta.std == tuple(variant["std"])
+    assert (meta.crop_pct, meta.interpolation, meta.variant) == (1.0, "bilinear", "resnest14")
+    assert not [f for f in os.listdir(out) if f.startswith(".export-")]
+
+    loaded = artifact.load_artifact(result["export"])
+    x = mx.nd.array(np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32))
+    with mx.autograd.predict_mode():
+        want, got = trainer.net(x), loaded.block(x)
+    want, got = (want, got) if isinstance(want, (list, tuple)) else ([want], [got])
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-4, atol=1e-4)
+
+    code, _, err = gr(capsys, "predict", result["export"], str(tmp_path / "missing.png"))
+    assert code == 2 and f"is a {task} model" in err and "Traceback" not in err
+
+
 # -- the command line -----------------------------------------------------------------------
 def test_cli_trains_writes_the_run_folder_and_resumes(tmp_path, capsys):
     """`train --task detection` with overrides (train.lr=1e-3 once failed in the schedule),
@@ -205,7 +243,7 @@ def test_cli_trains_writes_the_run_folder_and_resumes(tmp_path, capsys):
                          "train.iterations=2", "train.lr=1e-3", "train.warmup_iters=1",
                          "--out", out)
     assert code == 0, err
-    assert text.startswith("resolved config:") and f"out: {out}" in text
+    assert text.startswith("resolved config:") and os.path.join(out, "config.yaml") in text
     assert "detection training finished: 2 iterations" in text and "validation: mAP=" in text
     for name in ("config.yaml", "last.ckpt", "model.params", "metrics.json",
                  "model-symbol.json", "model-0000.params"):

@@ -35,6 +35,13 @@ STANDARD_OPS = {"Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool",
                 "GatherND", "Concat", "Sub", "Div", "Identity"}
 
 
+def _unused_initializers(model):
+    """Initializers no node reads (the exported graphs have no subgraphs; checked)."""
+    assert not any(a.HasField("g") or len(a.graphs) for n in model.graph.node for a in n.attribute)
+    read = {name for n in model.graph.node for name in n.input}
+    return [t.name for t in model.graph.initializer if t.name not in read]
+
+
 def _net(name, overrides, seed=0):
     net = build(name, classes=10, **overrides)
     net.initialize()
@@ -56,6 +63,7 @@ def test_onnxruntime_matches_mxnet(tmp_path, name, overrides):
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
     radix = name.split("_")[-1][0] if "fast" in name else "2"
     assert ("Softmax" in ops) == (radix != "1") and ("Sigmoid" in ops) == (radix == "1")
+    assert _unused_initializers(model) == []
     rng = np.random.RandomState(1)
     for batch in (1, 3):
         x = rng.normal(size=(batch, 3, SIZE, SIZE)).astype(np.float32)
@@ -65,11 +73,19 @@ def test_onnxruntime_matches_mxnet(tmp_path, name, overrides):
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
 
 
-def test_dynamic_spatial_and_resnest50(tmp_path):
+def test_dynamic_spatial_and_resnest50(tmp_path, capfd):
     net = _net("resnest50", {}, seed=3)
     path = export_onnx(net, str(tmp_path / "r50.onnx"), size=SIZE, dynamic_spatial=True)
-    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    model = onnx.load(path)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
     assert not dims[2].dim_value and not dims[3].dim_value
+    # no unused weights: onnxruntime (warnings shown) has none to remove at session start
+    assert _unused_initializers(model) == []
+    capfd.readouterr()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 2
+    ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    assert "Removing initializer" not in capfd.readouterr().err
     x = np.random.RandomState(2).normal(size=(2, 3, 96, 96)).astype(np.float32)
     np.testing.assert_allclose(run_onnx(path, x), net(mx.nd.array(x)).asnumpy(),
                                rtol=0, atol=1e-4)

@@ -121,3 +121,71 @@ def test_launcher_times_out_and_cleans_up(tmp_path):
     with pytest.raises(TimeoutError, match="did not finish within 3 s"):
         launch_local([[sys.executable, "-c", code]], timeout=3, log_dir=str(tmp_path))
     assert set(_children()) <= before          # scheduler, server and worker are gone
+
+
+# a worker that joins the job and keeps synchronising until it is stopped
+_WORKER = """
+import os, sys, time
+import mxnet as mx
+kv = mx.kv.create("dist_sync")
+with open(os.path.join(sys.argv[1], "rank%d.pid" % kv.rank), "w") as f:
+    f.write(str(os.getpid()))
+kv.init(0, mx.nd.zeros((4,)))
+out = mx.nd.zeros((4,))
+for _ in range(100000):
+    kv.pushpull(0, mx.nd.ones((4,)), out=out)
+    out.wait_to_read()
+    time.sleep(0.05)
+"""
+
+
+def _kill_when_running(pid_file, timeout=60):
+    """In a thread: SIGKILL the process whose pid ``pid_file`` receives, once it is running."""
+    import signal
+    import threading
+    import time
+    killed = {}
+
+    def kill():
+        deadline = time.time() + timeout
+        while not os.path.isfile(pid_file) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)                       # mid-run: a few synchronised steps done
+        with open(pid_file) as f:
+            killed["pid"] = int(f.read())
+        os.kill(killed["pid"], signal.SIGKILL)
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    return t, killed
+
+
+def test_launcher_stops_every_role_when_a_worker_is_killed(tmp_path, capsys):
+    from gluon_resnest.train.distributed import main
+    before = set(_children())
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    thread, killed = _kill_when_running(str(tmp_path / "rank1.pid"))
+    import time
+    t0 = time.time()
+    code = main(["-n", "2", "--timeout", "90", "--log-dir", str(tmp_path / "logs"), "--",
+                 sys.executable, str(script), str(tmp_path)])
+    thread.join(5)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"(pid {killed['pid']}) was killed by SIGKILL" in err
+    assert "stopped the other processes (scheduler, server0, worker" in err
+    assert time.time() - t0 < 60               # stopped at once, not at the timeout
+    assert set(_children()) <= before          # every role is gone
+
+
+def test_launcher_names_a_failing_worker(tmp_path):
+    from gluon_resnest.train.distributed import JobFailed
+    before = set(_children())
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    fail = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(JobFailed, match=r"worker1 \(pid \d+\) exited with status 3") as info:
+        launch_local([[sys.executable, str(script), str(tmp_path)], fail], timeout=90,
+                     log_dir=str(tmp_path / "logs"))
+    assert info.value.role == "worker1" and info.value.code == 3
+    assert set(_children()) <= before

@@ -10,6 +10,12 @@ RuntimeError naming the GluonCV version if one is not as expected):
 - ``FasterRCNN._batch_size`` (``per_device_batch_size``) and the sampler's ``_max_pos`` /
   ``_num_sample``: :func:`rcnn_batch_size`, :func:`rcnn_positive_fraction`.
 - ``SegBaseModel._up_kwargs`` (the crop a segmenter was built for): :func:`segmentation_crop`.
+- ``SegmentationDataset._sync_transform`` / ``_val_sync_transform`` / ``_img_transform`` /
+  ``_mask_transform`` (GluonCV's random scale/crop/flip/blur and its validation resize/crop of
+  an image and its mask): :func:`segmentation_pair_transform`.
+- ``gluoncv.model_zoo.rcnn.{faster,mask}_rcnn.data_parallel.ForwardBackwardTask``: the
+  forward/backward step (losses) of GluonCV's R-CNN training scripts, an undocumented helper
+  of their multi-device ``Parallel``: :func:`rcnn_training_step`, checked when first used.
 - ``FasterRCNN._pyramid_roi_feats(F, features, rpn_rois, roi_size, strides, roi_mode, ...)``:
   the FPN RoI pooling that ``FasterRCNN``/``MaskRCNN.hybrid_forward`` call. On MXNet 1.9 it
   gives wrong RoI features: it pools each level with the other levels' RoIs marked by batch
@@ -20,8 +26,9 @@ RuntimeError naming the GluonCV version if one is not as expected):
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Sequence
 
 from . import check_gluoncv_version, import_gluoncv
 
@@ -29,7 +36,7 @@ gluoncv = import_gluoncv()
 
 __all__ = ["fail", "fix_pyramid_roi_pooling", "gluoncv_get_backbone",
            "patch_segmentation_backbone", "rcnn_batch_size", "rcnn_positive_fraction",
-           "segmentation_crop"]
+           "rcnn_training_step", "segmentation_crop", "segmentation_pair_transform"]
 
 _SUPPORTED = "gluoncv 0.10.x/0.11.x (tested with 0.10.5.post0)"
 _STATE: Dict[str, Any] = {}
@@ -113,6 +120,48 @@ def segmentation_crop(net: Any) -> tuple:
     """(height, width) a GluonCV segmenter was built for (its ``crop_size``)."""
     up = _private(net, "_up_kwargs", "SegBaseModel")
     return up["height"], up["width"]
+
+
+#: The constructor arguments of GluonCV's R-CNN training steps after the net and the trainer:
+#: the four box losses, then the mix-up ratio (Faster) or the mask loss (Mask), then AMP.
+_TASK_ARGS = {False: ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss",
+                      "mix_ratio", "amp_enabled"),
+              True: ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss",
+                     "rcnn_mask_loss", "amp_enabled")}
+
+
+def rcnn_training_step(net: Any, trainer: Any, losses: Sequence[Any],
+                       mask_loss: Any = None) -> Callable[[Any], tuple]:
+    """GluonCV's R-CNN forward/backward of one shard (its training scripts' losses), as a
+    function of the batchified shard returning the loss values (RPN cls, RPN box, R-CNN cls,
+    R-CNN box, [mask]) first. ``losses``: the four box losses; ``mask_loss`` for Mask R-CNN.
+    Without mix-up (ratio 1) and AMP."""
+    masks = mask_loss is not None
+    kind = "mask_rcnn" if masks else "faster_rcnn"
+    try:
+        module = importlib.import_module(f"gluoncv.model_zoo.rcnn.{kind}.data_parallel")
+    except ImportError as err:
+        fail(f"cannot import gluoncv.model_zoo.rcnn.{kind}.data_parallel ({err})")
+    task = getattr(module, "ForwardBackwardTask", None)
+    if task is None or tuple(inspect.signature(task.__init__).parameters)[3:] != _TASK_ARGS[masks]:
+        fail(f"gluoncv.model_zoo.rcnn.{kind}.data_parallel.ForwardBackwardTask(net, optimizer, "
+             f"{', '.join(_TASK_ARGS[masks])}) is missing or has changed")
+    if len(losses) != 4:
+        raise ValueError(f"expected the four box losses, got {len(losses)}")
+    return task(net, trainer, *losses, mask_loss if masks else 1.0, False).forward_backward
+
+
+def segmentation_pair_transform(dataset: Any, img: Any, mask: Any) -> tuple:
+    """(img, mask) PIL images through a GluonCV ``SegmentationDataset``'s transform for its
+    ``mode``: ``train`` random flip/scale/crop/blur, ``val`` resize and centre crop, otherwise
+    array conversion only."""
+    owner = "SegmentationDataset"
+    if dataset.mode == "train":
+        return _private(dataset, "_sync_transform", owner)(img, mask)
+    if dataset.mode == "val":
+        return _private(dataset, "_val_sync_transform", owner)(img, mask)
+    return (_private(dataset, "_img_transform", owner)(img),
+            _private(dataset, "_mask_transform", owner)(mask))
 
 
 def gluoncv_get_backbone() -> Callable[..., Any]:

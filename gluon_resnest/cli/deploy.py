@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..weights.pytorch import MissingExtraError
@@ -20,17 +21,23 @@ Re-exporting keeps the source's; --size overrides it.
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import UnsupportedOnThisCPU, check_options, export
+    from ..data.paths import check_output_folder
+    from ..deploy.export import UnsupportedOnThisCPU, check_options, default_output, export
     from ..train.inference import load
     if args.int8 and args.bf16:
         raise ValueError("choose one of --int8 and --bf16")
     if args.calib is not None and not args.int8:
         raise ValueError("--calib applies to --int8")
     precision = "int8" if args.int8 else "bf16" if args.bf16 else None
+    if args.out is not None:     # before loading and, for INT8, before calibration
+        check_output_folder(os.path.dirname(os.path.abspath(args.out)))
     check_options(args.format, precision, args.out)
     try:
         model = load(args.model, params=args.params, pretrained=args.pretrained,
                      random_init=args.random, classes=args.classes)
+        if args.out is None:     # beside the input: that folder must take new files too
+            out = default_output(model, args.format, precision or model.meta.precision)
+            check_output_folder(os.path.dirname(os.path.abspath(out)))
         for note in model.notes:
             print(f"gluon-resnest export: note: {note}", file=sys.stderr)
         print(f"model: {model.source}")

@@ -12,11 +12,18 @@ from ..model.resnest import build
 from ..model.variants import ALIASES, VARIANTS, resolve_name
 
 
+def _check_size_arg(size) -> None:
+    """--size, checked before any network is built (the stride check follows per network)."""
+    if size is not None and size < 1:
+        raise ValueError(f"--size must be a positive int (pixels), got {size}")
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
+    _check_size_arg(args.size)
     print(f"{'model':<26} {'params':>9} {'GMACs':>7} {'input':>6}  notes")
     for name, spec in VARIANTS.items():
         net = build(name)
-        size = args.size or spec.input_size
+        size = spec.input_size if args.size is None else args.size
         macs = profile.count_macs(net, size) / 1e9
         notes = [f"paper: {spec.paper}"] if spec.paper else []
         notes += [f"alias: {a}" for a, t in ALIASES.items() if t == name]
@@ -26,10 +33,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
+    _check_size_arg(args.size)
     name = resolve_name(args.model)
-    size = args.size or VARIANTS[name].input_size
+    size = VARIANTS[name].input_size if args.size is None else args.size
+    rows = profile.stage_summary(build(name), size)     # checks size against the stride
     print(f"{name} at {size}x{size} (multiply-adds per image)")
-    print(profile.format_summary(profile.stage_summary(build(name), size)))
+    print(profile.format_summary(rows))
     return 0
 
 

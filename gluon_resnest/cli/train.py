@@ -72,6 +72,7 @@ def _config_name(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..data.paths import check_output_folder
     from ..train import checkpoint
     from ..train.config import apply_overrides, format_config, load_config, resolve
     overrides = _overrides(args)
@@ -101,9 +102,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         from ..train.dense import default_out_dir
     out = os.path.expanduser(out or cfg["run"]["out"] or default_out_dir(cfg))
+    check_output_folder(out, "run folder", create=True)     # before any training
     cfg["run"]["out"] = out
-    print("resolved config:")
-    print(format_config(cfg))
+    print("resolved config: " + format_config(cfg, compact=True))
     print(flush=True)
     if notes:
         print(f"no -c given: fine-tuning {cfg['model']['name']} with configs/finetune.yaml "
@@ -215,12 +216,36 @@ def _load_for_inference(args: argparse.Namespace):
     except MissingExtraError as err:     # an .onnx model without onnxruntime
         raise ValueError(str(err)) from None
     if model.meta.task != "classification":
-        raise ValueError(f"{model.source} is a {model.meta.task} model; eval and predict "
-                         f"handle classifiers")
+        raise ValueError(f"{args.command} is for classifiers, but {model.source} is a "
+                         f"{model.meta.task} model (its metadata's task is "
+                         f"{model.meta.task!r}, expected 'classification')")
     model.meta = model.meta.updated(**_test_overrides(args))
     for note in model.notes:
         print(f"gluon-resnest {args.command}: note: {note}", file=sys.stderr)
     return model
+
+
+def _class_difference(data: List[str], model: List[str]) -> str:
+    """Where two class lists differ, shortly: names only one side has, else the first position
+    whose name differs."""
+    only_data = [c for c in data if c not in set(model)]
+    only_model = [c for c in model if c not in set(data)]
+
+    def few(names: List[str]) -> str:
+        return ", ".join(map(repr, names[:5])) + (f" (+{len(names) - 5} more)" if len(names) > 5
+                                                  else "")
+    parts = []
+    if only_data:
+        parts.append(f"only the data has {few(only_data)}")
+    if only_model:
+        parts.append(f"only the model has {few(only_model)}")
+    if len(data) != len(model):
+        parts.insert(0, f"{len(data)} classes in the data, {len(model)} in the model")
+    if not parts:
+        i = next(k for k, (a, b) in enumerate(zip(data, model)) if a != b)
+        parts.append(f"same names in another order: class {i} is {data[i]!r} in the data but "
+                     f"{model[i]!r} in the model")
+    return "; ".join(parts)
 
 
 def _check_classes(src: Any, model: Any) -> None:
@@ -228,10 +253,9 @@ def _check_classes(src: Any, model: Any) -> None:
     if src.classes is None:
         return
     if names is not None and list(src.classes) != list(names):
-        raise ValueError(f"the data ({src.description}) has classes "
-                         f"{src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model "
-                         f"was trained on {n} classes "
-                         f"{list(names[:5])}{'...' if n > 5 else ''}")
+        raise ValueError(f"the data ({src.description}) does not have the classes the model "
+                         f"was trained on: "
+                         f"{_class_difference(list(src.classes), list(names))}")
     if names is None and len(src.classes) != n:
         raise ValueError(f"the data ({src.description}) has {len(src.classes)} classes but the "
                          f"model has {n} outputs")
@@ -248,7 +272,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_classes(src, model)
     transform = model.meta.transform
     loader = BatchLoader(src, args.batch_size, transform, train=False, workers=args.workers,
-                         on_corrupt=args.on_corrupt, classes=model.meta.num_classes)
+                         on_corrupt=args.on_corrupt, classes=model.meta.num_classes,
+                         skip_hint="add --on-corrupt skip")
     t0 = time.time()
     m = evaluate(model, loader)
     loader.close()
@@ -262,11 +287,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..train.inference import predict_files
+    if args.topk < 1:      # before the model is loaded
+        raise ValueError(f"--topk must be a positive int (how many labels per image), got "
+                         f"{args.topk}")
     model = _load_for_inference(args)
-    for r in predict_files(model, args.images, topk=args.topk):
-        print(r["file"])
+    failed = 0
+    for r in predict_files(model, args.images, topk=args.topk, on_error="report"):
+        if "error" in r:      # reported, and the other files still predicted
+            failed += 1
+            print(f"gluon-resnest predict: error: {r['error']}", file=sys.stderr, flush=True)
+            continue
+        print(r["file"], flush=True)
         for rank, (label, prob) in enumerate(r["top"], 1):
             print(f"  {rank}. {label:<20} {100 * prob:6.2f}%")
+    if failed:
+        print(f"gluon-resnest predict: {failed} of {len(args.images)} file(s) could not be "
+              f"read", file=sys.stderr)
+        return 2 if failed == len(args.images) else 1    # 2: nothing could be predicted
     return 0
 
 

@@ -8,19 +8,22 @@ model (its artifact metadata, its config, or its variant's ``default_cfg``), nev
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
 __all__ = ["IMAGE_EXTENSIONS", "INTERPOLATION", "CorruptImageError", "EvalTransform",
            "decode", "read_image", "list_images", "normalize"]
 
 #: File extensions read as images (image folders, calibration folders).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp",
+                    ".gif")
 #: Interpolation names (configs, metadata, ``--interpolation``) and OpenCV's flags for them.
 INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
                  "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
@@ -30,14 +33,30 @@ class CorruptImageError(ValueError):
     """An image file or record that cannot be decoded."""
 
 
+def _decode_pil(buf: bytes) -> Optional[np.ndarray]:
+    """What OpenCV cannot read (GIF: its first frame) through Pillow; None if Pillow fails."""
+    try:
+        with Image.open(io.BytesIO(buf)) as im:
+            im.seek(0)
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def decode(buf: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB; CorruptImageError if undecodable."""
+    """Encoded image bytes -> (H, W, 3) uint8 RGB; CorruptImageError if undecodable.
+
+    OpenCV first; formats it lacks (GIF, read as its first frame) through Pillow."""
     arr = np.frombuffer(buf, dtype=np.uint8)
     img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
-    if img is None or img.ndim != 3 or min(img.shape[:2]) < 1:
+    if img is not None and img.ndim == 3 and min(img.shape[:2]) >= 1:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    rgb = _decode_pil(buf) if arr.size else None
+    if rgb is None or rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
         raise CorruptImageError(f"cannot decode image {name} ({len(buf)} bytes): unreadable or "
-                                f"not an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+                                f"not an image (expected one of "
+                                f"{', '.join(IMAGE_EXTENSIONS)})")
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
 def read_image(path: str) -> np.ndarray:

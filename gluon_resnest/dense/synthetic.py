@@ -29,6 +29,8 @@ import numpy as np
 from gluoncv.data.segbase import SegmentationDataset
 from PIL import Image
 
+from .._compat.gluoncv_dense import segmentation_pair_transform
+
 __all__ = ["SHAPES", "CLASS_COLOURS", "ShapesConfig", "make_sample", "ShapesDetection", "ShapesSegmentation"]
 
 #: Shape classes the generator can draw, in label order.
@@ -173,10 +175,12 @@ class ShapesDetection(mx.gluon.data.Dataset):
 class ShapesSegmentation(SegmentationDataset):
     """Segmentation view: a GluonCV ``SegmentationDataset`` over generated samples.
 
-    ``mode='train'`` applies GluonCV's ``_sync_transform`` (random flip, scale in
-    [0.5, 2] x base_size, pad, crop ``crop_size``, blur), ``'val'`` its ``_val_sync_transform``
-    (resize short side, centre crop), ``'testval'`` nothing. Returns ``(img, mask)``: img after
-    ``transform`` (e.g. ToTensor + Normalize), mask (crop, crop) int32 with 0 = background.
+    ``mode='train'`` applies GluonCV's training transform (random flip, scale in
+    [0.5, 2] x base_size, pad, crop ``crop_size``, blur), ``'val'`` its validation transform
+    (resize short side, centre crop), ``'testval'`` nothing
+    (:func:`~gluon_resnest._compat.gluoncv_dense.segmentation_pair_transform`). Returns
+    ``(img, mask)``: img after ``transform`` (e.g. ToTensor + Normalize), mask (crop, crop)
+    int32 with 0 = background.
     """
 
     def __init__(self, num_images: int = 64, split: str = "train", mode: Optional[str] = None,
@@ -203,12 +207,7 @@ class ShapesSegmentation(SegmentationDataset):
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         s = make_sample(self.config, self.split, index)
         img, mask = Image.fromarray(s["image"]), Image.fromarray(s["segmap"].astype(np.uint8))
-        if self.mode == "train":
-            img, mask = self._sync_transform(img, mask)
-        elif self.mode == "val":
-            img, mask = self._val_sync_transform(img, mask)
-        else:
-            img, mask = self._img_transform(img), self._mask_transform(mask)
+        img, mask = segmentation_pair_transform(self, img, mask)
         if self.transform is not None:
             img = self.transform(img)
         return img, mask

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import mxnet as mx
@@ -83,5 +84,7 @@ def convert_bf16(net: HybridBlock, size: Optional[int] = None) -> SymbolBlock:
         fp32 = load_symbol(os.path.join(tmp, "m"))
     fp32.hybridize()
     fp32(mx.nd.zeros((1, 3, size, size)))
-    return amp.convert_hybrid_block(fp32, target_dtype="bfloat16", ctx=mx.cpu(),
-                                    cast_optional_params=True)
+    with warnings.catch_warnings():   # AMP's type inference warns on every graph we give it
+        warnings.filterwarnings("ignore", message="Cannot decide type")
+        return amp.convert_hybrid_block(fp32, target_dtype="bfloat16", ctx=mx.cpu(),
+                                        cast_optional_params=True)

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..data.paths import check_output_folder
 from ..weights.pytorch import MissingExtraError
 from .artifact import LoadedModel, ModelMeta, load_artifact, save, split_prefix
 from .bf16 import UnsupportedOnThisCPU, bf16_support, convert_bf16
@@ -63,9 +64,7 @@ def check_options(fmt: str, precision: Optional[str], out: Optional[str] = None)
         raise ValueError("--int8/--bf16 make MXNet (oneDNN) graphs: use --format symbol; "
                          "MXNet's ONNX exporter has no quantized/bfloat16 operators")
     if out is not None:
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"output folder {folder!r} does not exist")
+        check_output_folder(os.path.dirname(os.path.abspath(out)))
 
 
 def _check_request(model: LoadedModel, fmt: str, precision: str, out: str) -> None:

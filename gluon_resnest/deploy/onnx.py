@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Set
 
 import mxnet as mx
 import numpy as np
@@ -71,6 +71,7 @@ def export_onnx(net: HybridBlock, path: str, size: Optional[int] = None, batch: 
     model.opset_import.append(onnx.helper.make_opsetid("", ONNX_OPSET))
     # MXNet lists the weights as graph inputs too; runtimes then treat them as overridable
     # inputs and skip constant folding. Keep only the image input.
+    _prune_initializers(model.graph)
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     del model.graph.input[:]
@@ -83,6 +84,31 @@ def export_onnx(net: HybridBlock, path: str, size: Optional[int] = None, batch: 
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path
+
+
+def _used_names(graph) -> Set[str]:
+    """Every tensor name a node of ``graph`` (or of a subgraph in its attributes) reads, and
+    the graph's outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                used |= _used_names(sub)
+    return used
+
+
+def _prune_initializers(graph) -> int:
+    """Drop the initializers no node reads (MXNet's exporter writes some, e.g. the BatchNorm
+    statistics its fused translations do not use; onnxruntime warns about each one at every
+    session start). Returns how many were dropped."""
+    used = _used_names(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    dropped = len(graph.initializer) - len(keep)
+    if dropped:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return dropped
 
 
 class OnnxRunner:

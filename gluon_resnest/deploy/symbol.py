@@ -17,6 +17,7 @@ import mxnet as mx
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .._compat.mxnet_blocks import is_hybridized
+from ..data.paths import check_output_folder
 from ..model.resnest import _param_ctx
 
 __all__ = ["check_block", "input_size", "fold_constants", "export_symbol", "write_block",
@@ -58,9 +59,8 @@ def check_block(net) -> None:
 
 
 def _check_folder(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"output folder {folder!r} does not exist")
+    # before tracing: MXNet's own error for an unwritable path is a C++ dump
+    check_output_folder(os.path.dirname(os.path.abspath(path)))
 
 
 # -- graph rewrites ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from .._compat.mxnet_blocks import structural_params
 from .resnest import STAGE_BLOCKS, STEM_BLOCKS, StageFeatures
 
-__all__ = ["count_params", "count_macs", "stage_summary", "format_summary"]
+__all__ = ["check_size", "count_params", "count_macs", "stage_summary", "format_summary"]
 
 _STAGES = ("stem",) + STAGE_BLOCKS + ("head",)
 
@@ -67,12 +67,26 @@ def _macs(sym: mx.sym.Symbol, h: int, w: int) -> int:
     return total
 
 
+def check_size(net: mx.gluon.Block, input_size) -> None:
+    """Raise ValueError unless ``input_size`` (an int or (H, W)) is a positive int at least
+    the network's total stride (smaller inputs fail inside MXNet's pooling)."""
+    sizes = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+    for s in sizes:
+        if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1:
+            raise ValueError(f"input size must be a positive int, got {input_size!r}")
+    minimum = getattr(net, "min_input_size", 1)
+    if min(sizes) < minimum:
+        raise ValueError(f"input size {input_size} is smaller than the network's total stride "
+                         f"{minimum}: use a size >= {minimum}")
+
+
 def count_macs(net: mx.gluon.HybridBlock, input_size=224, by_stage: bool = False):
     """Multiply-adds of one (3, H, W) image through ``net`` (conv + fully connected).
 
     ``by_stage`` (a ResNeSt): per stage, from the graphs that end after the stem and after
     each stage (the blocks named in ``STEM_BLOCKS``/``STAGE_BLOCKS``), the head being the rest.
     """
+    check_size(net, input_size)
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     total = _macs(_symbol(net), h, w)
     if not by_stage:
@@ -93,6 +107,7 @@ def count_macs(net: mx.gluon.HybridBlock, input_size=224, by_stage: bool = False
 
 def stage_summary(net, input_size: int = 224) -> List[dict]:
     """Rows (stage, output shape, params, MACs) for a ResNeSt at ``input_size``."""
+    check_size(net, input_size)
     params = count_params(net, by_stage=True)
     macs = count_macs(net, input_size, by_stage=True)
     feats = StageFeatures(net)

@@ -24,14 +24,16 @@ import random
 import secrets
 import tempfile
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import mxnet as mx
 import numpy as np
 
 from .._compat import mxnet as mxc
 from .._compat.mxnet_blocks import structural_params
+from ..model.parameters import load_parameters
 
-__all__ = ["FORMAT", "save_checkpoint", "read_meta", "load_checkpoint", "extract_params",
+__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "read_meta", "load_checkpoint", "extract_params",
            "rng_state", "set_rng_state", "resolve_checkpoint", "check_resumable",
            "UnsafeCheckpointError"]
 
@@ -152,7 +154,6 @@ def _set_scheduler_state(sched, state: Dict[str, Any]) -> None:
 
 def _optimizer_snapshot(net, trainer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(``<state>:<parameter>`` -> NDArray, the JSON of scalars) for ``trainer``."""
-    import mxnet as mx
     mxc.prepare_trainer(trainer)
     opt = trainer.optimizer
     params = mxc.trainer_parameters(trainer)
@@ -261,28 +262,37 @@ def _restore_optimizer(where: str, trainer, index: Dict[str, int], arrays: Dict[
 
 
 # -- files ------------------------------------------------------------------------------------
-def _new_temp(folder: str, base: str) -> Tuple[str, int]:
-    """A fresh temp file beside the target, created with mode 0666 minus the umask (as a plain
-    ``open`` would), so the renamed checkpoint gets the same mode as any other file."""
+def atomic_write(path: str, write: Callable[[str], None]) -> str:
+    """``write(tmp)`` into a temporary file next to ``path``, then rename it onto ``path``: a
+    reader sees the old file or the new one, never a mix. The file gets the mode of any new
+    file (0666 minus the umask, as a plain ``open`` gives), not a temp file's 0600."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     while True:
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
         except FileExistsError:
             continue
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
 
 
 def save_checkpoint(path: str, net, trainer, meta: Dict[str, Any]) -> str:
     """Write ``path`` atomically: a reader sees the old file or the new one, never a mix."""
-    import mxnet as mx
     mx.nd.waitall()  # let every pending update (BatchNorm statistics included) land first
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     meta = dict(meta, format=FORMAT, rng=rng_state())
-    tmp, fd = _new_temp(folder, os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tempfile.TemporaryDirectory(dir=folder, prefix=".ckpt-") as work:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(tmp), prefix=".ckpt-") as work:
                 params = os.path.join(work, "model.params")
                 net.save_parameters(params)
                 with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
@@ -296,12 +306,7 @@ def save_checkpoint(path: str, net, trainer, meta: Dict[str, Any]) -> str:
                         zf.writestr("optimizer.json", json.dumps(info))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -383,9 +388,7 @@ def load_checkpoint(path: str, net, trainer=None, ctx=None) -> Dict[str, Any]:
     """Load parameters (and optimizer state, when ``trainer`` is given) into ``net``; restore
     the global Python/numpy RNG states; return the metadata. Nothing is unpickled: a format-1
     checkpoint is refused with :class:`UnsafeCheckpointError` when ``trainer`` is given."""
-    import mxnet as mx
 
-    from ..model.parameters import load_parameters
     path = resolve_checkpoint(path)
     meta = read_meta(path)
     arrays: Dict[str, Any] = {}
@@ -413,7 +416,3 @@ def load_checkpoint(path: str, net, trainer=None, ctx=None) -> Dict[str, Any]:
         _malformed_is_valueerror(path, _restore_optimizer, path, trainer, index, arrays, info)
     set_rng_state(meta["rng"])
     return meta
-
-
-def best_metric(meta: Optional[Dict[str, Any]]) -> float:
-    return float((meta or {}).get("best", {}).get("val_top1", float("-inf")))

@@ -595,7 +595,37 @@ _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,20
                                                                 flow_style=True))
 
 
-def format_config(cfg: Dict[str, Any]) -> str:
-    """The resolved config as YAML (what the run uses)."""
-    return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                     width=100).rstrip()
+def format_config(cfg: Dict[str, Any], compact: bool = False, width: int = 100) -> str:
+    """The resolved config as YAML (what the run uses, ``config.yaml``).
+
+    ``compact``: for printing, only the keys whose value differs from the task's defaults, as
+    ``key=value`` pairs (the override syntax) wrapped at ``width`` characters, after a line
+    saying where the full config is (``run.out``/config.yaml)."""
+    if not compact:
+        return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                         width=width).rstrip()
+    task = cfg.get("task", "classification")
+    base = flatten(defaults(task))
+    pairs = [f"{k}={_flow(v)}" for k, v in flatten(cfg).items()
+             if k not in ("run.out", "run.name") and (k not in base or base[k] != v)]
+    out = (cfg.get("run") or {}).get("out")
+    where = os.path.join(out, "config.yaml") if out else "the run folder's config.yaml"
+    if not pairs:
+        return f"the {task} defaults, unchanged (full config: {where})"
+    lines = [f"{len(pairs)} key(s) set, the rest are the {task} defaults (full config: {where}):"]
+    line = ""
+    for pair in pairs:
+        if line and len(line) + 1 + len(pair) > width:
+            lines.append(line)
+            line = ""
+        line = f"{line} {pair}" if line else f"  {pair}"
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML flow style (what ``key=value`` reads back)."""
+    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, sort_keys=False,
+                     width=10 ** 6)
+    return text.strip().removesuffix("...").strip()

@@ -324,7 +324,8 @@ class BatchLoader:
     ``(seed, e, i)``. With ``part=(r, n)`` this process takes the r-th of n equal slices of
     every global batch (data-parallel workers). ``train=False``: every sample once, in order.
     Unreadable samples raise :class:`CorruptImageError` (``on_corrupt='error'``) or are left out
-    of their batch and recorded in :attr:`skipped` (``'skip'``). Labels outside
+    of their batch and recorded in :attr:`skipped` (``'skip'``); ``skip_hint`` is how the error
+    tells the user to ask for ``'skip'``. Labels outside
     ``[0, classes)`` raise ValueError. ``data``: the config's ``data`` section, or for
     ``train=False`` an :class:`~gluon_resnest.data.transforms.EvalTransform` (a model's own).
     """
@@ -332,7 +333,8 @@ class BatchLoader:
     def __init__(self, source: Any, batch_size: int, data: Union[Dict[str, Any], EvalTransform],
                  aug: Optional[Dict[str, Any]] = None, train: bool = True, seed: int = 0,
                  workers: int = 0, on_corrupt: str = "error", part: Tuple[int, int] = (0, 1),
-                 classes: Optional[int] = None) -> None:
+                 classes: Optional[int] = None,
+                 skip_hint: str = "set data.on_corrupt=skip") -> None:
         if batch_size % part[1]:
             raise ValueError(f"batch size {batch_size} is not divisible by the {part[1]} "
                              f"data-parallel workers")
@@ -342,6 +344,7 @@ class BatchLoader:
         self.source, self.batch_size, self.data, self.aug = source, batch_size, data, aug
         self.train, self.seed, self.on_corrupt, self.part = train, seed, on_corrupt, part
         self.classes = classes
+        self.skip_hint = skip_hint     # how the caller's user asks for 'skip' (key or flag)
         if train and isinstance(data, EvalTransform):
             raise TypeError("a training BatchLoader needs the config's data section, not an "
                             "EvalTransform")
@@ -375,8 +378,8 @@ class BatchLoader:
             if self.on_corrupt == "skip":
                 self.skipped.append((self.source.name(int(i)), str(err)))
                 return None
-            raise CorruptImageError(f"{err} (set data.on_corrupt=skip to skip unreadable "
-                                    f"images)") from None
+            raise CorruptImageError(f"{err} ({self.skip_hint} to skip unreadable images)"
+                                    ) from None
         if self.classes is not None and not 0 <= label < self.classes:
             raise ValueError(f"{self.source.name(int(i))} has label {label}, but the model has "
                              f"{self.classes} classes (labels 0..{self.classes - 1}); set "

@@ -1,7 +1,8 @@
 """Train and evaluate a ResNeSt detector or segmenter: ``run(cfg, out_dir, resume) -> dict``.
 
-The steps are GluonCV's: its R-CNN train/val transforms, batchify functions and
-``ForwardBackwardTask`` (the losses of its training scripts), its segmentation data transforms,
+The steps are GluonCV's: its R-CNN train/val transforms, batchify functions and training
+step (the losses of its training scripts, via :mod:`gluon_resnest._compat.gluoncv_dense`), its
+segmentation data transforms,
 ``MixSoftmaxCrossEntropyLoss``, ``VOC07MApMetric`` and ``SegmentationMetric``; the schedules are
 GluonCV's ``LRScheduler`` modes (:func:`.recipe.dense_lr_at`). By default it trains on the
 generated shapes set (:mod:`gluon_resnest.dense.synthetic`) and reports mAP / mIoU on its
@@ -34,29 +35,33 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
+from gluoncv import data as gdata
 from gluoncv.data.batchify import FasterRCNNTrainBatchify, MaskRCNNTrainBatchify
 from gluoncv.data.transforms.presets import rcnn as presets
 from gluoncv.loss import MixSoftmaxCrossEntropyLoss
-from gluoncv.model_zoo.rcnn.faster_rcnn.data_parallel import ForwardBackwardTask as FasterTask
-from gluoncv.model_zoo.rcnn.mask_rcnn.data_parallel import ForwardBackwardTask as MaskTask
 from gluoncv.nn.dropblock import set_drop_prob
 from gluoncv.utils.metrics.segmentation import SegmentationMetric
 from gluoncv.utils.metrics.voc_detection import VOC07MApMetric
 from mxnet import autograd, gluon
-from mxnet.gluon.contrib.nn import SyncBatchNorm
 from mxnet.gluon.data.vision import transforms
 
+from .._compat.gluoncv_dense import rcnn_training_step
 from ..dense.detection import faster_rcnn_fpn, initialize_detector, mask_rcnn_fpn
 from ..dense.initialize import initialize_missing
-from ..dense.norms import GroupNorm
+from ..dense.norms import backbone_kwargs
 from ..dense.segmentation import deeplab
 from ..dense.synthetic import ShapesConfig, ShapesDetection, ShapesSegmentation
-from ..model.variants import IMAGENET_MEAN, IMAGENET_STD
+from ..deploy.artifact import ModelMeta
+from ..deploy.artifact import save as save_artifact
+from ..model.resnest import STAGE_BLOCKS, STEM_BLOCKS
+from ..model.variants import VARIANTS, resolve_name
 from . import checkpoint as ckpt_mod
 from . import recipe
-from .config import resolve
+from .config import format_config, resolve
 from .loop import (
     NonFiniteLossError,
+    PoolingNoteFilter,
+    RunLog,
     SignalGuard,
     TrainingInterrupted,
     atomic_write,
@@ -165,13 +170,25 @@ def _detection_sets(data: dict, masks: bool):
         return (ShapesDetection(data["num_train"], "train", masks, conf),
                 ShapesDetection(data["num_val"], "val", False, conf))
     root = _require_root(data)
-    from gluoncv import data as gdata  # GluonCV's COCO/VOC readers: only for them
     if data["dataset"] == "voc":
         return (gdata.VOCDetection(root, splits=[(2007, "trainval"), (2012, "trainval")]),
                 gdata.VOCDetection(root, splits=[(2007, "test")]))
     cls = gdata.COCOInstance if masks else gdata.COCODetection
     return (cls(root, splits="instances_train2017"),
             gdata.COCODetection(root, splits="instances_val2017", skip_empty=False))
+
+
+def export_meta(cfg: Dict[str, Any], size: int, classes: Sequence[str],
+                **details: Any) -> ModelMeta:
+    """The metadata record of a dense run's exported graph: its task and class names, the
+    run's input size, the backbone variant's mean/std. GluonCV's dense transforms resize
+    bilinearly and do not crop beyond the square (crop_pct 1)."""
+    model = cfg["model"]
+    meta = ModelMeta.for_variant(
+        model["backbone"], len(classes), classes, task=cfg["task"], format="symbol",
+        details={"arch": model["arch"], "norm": model["norm"],
+                 "dataset": cfg["data"]["dataset"], **details})
+    return meta.updated(input_size=int(size), crop_pct=1.0, interpolation="bilinear")
 
 
 def _shard(batch) -> list:
@@ -217,10 +234,12 @@ class _Detection:
         batchify = (MaskRCNNTrainBatchify if masks else FasterRCNNTrainBatchify)(net, 1)
         self.train_set = _Checked(train_set, transform)
         self.batchify = lambda samples: _shard(batchify(samples))
-        self.export_shape = (1, 3, net.short, net.short) if isinstance(net.short, int) else None
+        # GluonCV's test transform: short side to net.short, long side at most net.max_size
+        self.meta = export_meta(cfg, net.short, net.classes, max_size=net.max_size) \
+            if isinstance(net.short, int) else None         # a multi-scale short: no one size
         self.names = ["rpn_conf", "rpn_box", "rcnn_cls", "rcnn_box"] + \
             (["rcnn_mask"] if masks else [])
-        self._train, self._task = train, None
+        self._train, self._step = train, None
 
     def before_load(self) -> None:
         # GluonCV builds the R-CNN target generator (and its constant parameters) at the first
@@ -234,14 +253,11 @@ class _Detection:
                   gluon.loss.HuberLoss(rho=train["rpn_smoothl1_rho"]),
                   gluon.loss.SoftmaxCrossEntropyLoss(),
                   gluon.loss.HuberLoss(rho=train["rcnn_smoothl1_rho"])]
-        if self.masks:
-            self._task = MaskTask(self.net, trainer, *losses,
-                                  gluon.loss.SigmoidBinaryCrossEntropyLoss(), False)
-        else:
-            self._task = FasterTask(self.net, trainer, *losses, 1.0, False)
+        mask_loss = gluon.loss.SigmoidBinaryCrossEntropyLoss() if self.masks else None
+        self._step = rcnn_training_step(self.net, trainer, losses, mask_loss)
 
     def forward_backward(self, batch: list, indices: np.ndarray) -> Dict[str, float]:
-        out = self._task.forward_backward(batch)
+        out = self._step(batch)
         parts = {n: float(v.asscalar()) for n, v in zip(self.names, out)}
         parts["total"] = sum(parts.values())
         return parts
@@ -311,8 +327,7 @@ def _segmentation_sets(data: dict, transform):
         return (ShapesSegmentation(data["num_train"], "train", "train", config=conf, **kw),
                 ShapesSegmentation(data["num_val"], "val", "val", config=conf, **kw))
     root = _require_root(data)
-    from gluoncv.data import datasets  # GluonCV's ADE20K/Cityscapes/VOC readers
-    cls = datasets[data["dataset"]]
+    cls = gdata.datasets[data["dataset"]]   # GluonCV's ADE20K/Cityscapes/VOC readers
     return (cls(root, split="train", mode="train", **kw),
             cls(root, split="val", mode="val", **kw))
 
@@ -324,23 +339,21 @@ class _Segmentation:
 
     def __init__(self, cfg: dict) -> None:
         model, data = cfg["model"], cfg["data"]
+        variant = VARIANTS[resolve_name(model["backbone"])].default_cfg
         tf = transforms.Compose([transforms.ToTensor(),
-                                 transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                                 transforms.Normalize(variant["mean"], variant["std"])])
         self.train_set, self.val_set = _segmentation_sets(data, tf)
-        norm = {"bn": {}, "gn": {"norm_layer": GroupNorm},
-                "syncbn": {"norm_layer": SyncBatchNorm, "norm_kwargs": {"num_devices": 1}}
-                }[model["norm"]]
         net = deeplab(model["backbone"], dataset=None, nclass=self.train_set.NUM_CLASS,
                       pretrained_base=model["pretrained_base"], aux=model["aux"],
-                      crop_size=data["crop_size"], base_size=data["base_size"], **norm,
-                      **model["kwargs"])
+                      crop_size=data["crop_size"], base_size=data["base_size"],
+                      **backbone_kwargs(model["norm"], num_devices=1), **model["kwargs"])
         net.apply(partial(set_drop_prob, 0.0))
-        initialize_missing(net, [getattr(net, n) for n in ("conv1", "bn1", "layer1", "layer2",
-                                                          "layer3", "layer4")],
+        initialize_missing(net, [getattr(net, n) for n in STEM_BLOCKS + STAGE_BLOCKS],
                            last_gamma=model["last_gamma"])
         self.net, self.params = net, net.collect_params()
         self.batchify = _stack
-        self.export_shape = (1, 3, data["crop_size"], data["crop_size"])
+        # GluonCV's validation transform: short side to crop_size, centre crop
+        self.meta = export_meta(cfg, data["crop_size"], self.train_set.classes)
         self.criterion = MixSoftmaxCrossEntropyLoss(aux=model["aux"],
                                                     aux_weight=model["aux_weight"])
 
@@ -402,6 +415,8 @@ class DenseTrainer:
         t = cfg["train"]
         self.out = out_dir or cfg["run"]["out"] or default_out_dir(cfg)
         write_run_config(self.out, cfg)       # first: an interrupted setup still leaves it
+        self.log = RunLog(os.path.join(self.out, "train.log"), log)   # what it prints, kept
+        self.pooling_note = PoolingNoteFilter()
         self.last = os.path.join(self.out, "last.ckpt")
         resume_meta = ckpt_mod.read_meta(resume) if resume else None
         if resume_meta is not None and resume_meta.get("task") != cfg["task"]:
@@ -423,14 +438,14 @@ class DenseTrainer:
         self.saved_at: Optional[int] = None       # the iteration last.ckpt holds
         self.history: List[Dict[str, float]] = []
         self.before: Optional[dict] = None
-        self.guard = SignalGuard(log)
+        self.guard = SignalGuard(self.log)
         if resume:
             self.task.before_load()
             meta = ckpt_mod.load_checkpoint(resume, self.task.net, self.trainer)
             self.iteration, self.skipped = meta["iteration"], meta.get("skipped", 0)
             self.history, self.before = meta["history"], meta.get("metrics_before")
             self.saved_at = self.iteration
-            log(f"resumed from {resume}: iteration {self.iteration} of {self.total}")
+            self.log(f"resumed from {resume}: iteration {self.iteration} of {self.total}")
 
     @property
     def net(self):
@@ -482,7 +497,8 @@ class DenseTrainer:
         """Train from the current iteration to the end, evaluate, export; returns a summary."""
         t = self.cfg["train"]
         start, first = time.time(), self.iteration
-        with self.guard, _Quiet():
+        with self.log, self.guard, _Quiet():
+            self.log.note("resolved config: " + format_config(self.cfg, compact=True))
             if self.iteration == 0 and self.before is None and t["eval_before"]:
                 self.before = self.task.evaluate(
                     lambda: self._check_signal("the evaluation before training"))
@@ -494,7 +510,9 @@ class DenseTrainer:
                 indices = self.batches.indices(self.iteration)
                 lr = self.lr_at(it)
                 self.trainer.set_learning_rate(lr)
-                parts = self.task.forward_backward(self.batches[self.iteration], indices)
+                batch = self.batches[self.iteration]
+                with self.pooling_note(tuple(getattr(b, "shape", None) for b in batch)):
+                    parts = self.task.forward_backward(batch, indices)
                 if np.isfinite(parts["total"]) and t["clip_gradient"]:
                     norm = gluon.utils.clip_global_norm(
                         [p.grad() for p in self.task.params.values() if p.grad_req != "null"],
@@ -531,15 +549,15 @@ class DenseTrainer:
             self.log(f"[{self.cfg['task']}] iter {it}/{self.total} {text} lr={lr:.4g} "
                      f"({per_iter:.2f}s/iter)")
 
-    def _export(self, shape: Tuple[int, ...]) -> str:
+    def _export(self) -> str:
+        """The inference graph as an artifact (:mod:`gluon_resnest.deploy.artifact`): symbol
+        files plus ``model-meta.json`` (task, class names, input size, mean/std), written to a
+        temporary folder and moved into place."""
         prefix = os.path.join(self.out, "model")
-        with autograd.predict_mode():
-            self.net(mx.nd.zeros(shape))
         work = tempfile.mkdtemp(prefix=".export-", dir=self.out)
         try:
-            self.net.export(os.path.join(work, "model"))
-            for suffix in ("-symbol.json", "-0000.params"):
-                os.replace(os.path.join(work, "model" + suffix), prefix + suffix)
+            for path in save_artifact(self.net, os.path.join(work, "model"), self.task.meta):
+                os.replace(path, prefix + path[len(os.path.join(work, "model")):])
         finally:
             for f in os.listdir(work):
                 os.remove(os.path.join(work, f))
@@ -549,8 +567,8 @@ class DenseTrainer:
     def _finish(self, metrics: dict, seconds: float) -> Dict[str, Any]:
         params = atomic_write(os.path.join(self.out, "model.params"), self.net.save_parameters)
         exported = None
-        if self.cfg["train"]["export"] and self.task.export_shape is not None:
-            exported = self._export(self.task.export_shape)
+        if self.cfg["train"]["export"] and self.task.meta is not None:
+            exported = self._export()
         totals = [h["total"] for h in self.history]
         k = max(1, min(5, len(totals) // 4))
         result = {"task": self.cfg["task"],
@@ -586,7 +604,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str] = None, resume: Optional[str
     (VOC07, IoU 0.5) and per-class ``AP`` for detection (plus ``mask_mIoU``/``mask_pixAcc``
     for Mask R-CNN), ``mIoU`` and ``pixAcc`` for segmentation. ``out_dir`` gets
     ``config.yaml``, ``last.ckpt``, ``model.params``, ``metrics.json`` and the exported
-    inference graph ``model-symbol.json``/``model-0000.params``.
+    inference graph as an artifact: ``model-symbol.json``/``model-0000.params`` and its record
+    ``model-meta.json`` (:func:`export_meta`).
     """
     cfg = dict(cfg)
     cfg.setdefault("task", "detection")

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .._compat.mxnet import prepare_trainer
 
 __all__ = ["Parallel", "setup_parallel", "parse_devices", "launch_local", "free_port",
-           "DIST_KVSTORES"]
+           "JobFailed", "DIST_KVSTORES"]
 
 DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
 _AUX_KEY = 1 << 20   # kvstore keys of averaged BatchNorm statistics (parameters use 0..n-1)
@@ -74,10 +77,9 @@ class Parallel:
             # pull of rank 0's initial weights and the push of the first gradients are not
             # ordered: a worker's weight pull can reach the server after the summed gradients
             # replaced the weights there, and that worker starts from the gradient sum. So
-            # initialise and pull first, and wait (Trainer internals, MXNet 1.9).
+            # initialise and pull first, and wait (Trainer internals, in _compat).
             import mxnet as mx
-            trainer._init_kvstore()
-            trainer._init_params()
+            prepare_trainer(trainer)
             mx.nd.waitall()
         return trainer
 
@@ -158,14 +160,40 @@ def _stop(procs: List[subprocess.Popen]) -> None:
             p.wait()
 
 
+class JobFailed(RuntimeError):
+    """A process of a local parameter-server job ended early or with an error; every other
+    process was stopped. ``role`` is e.g. ``'worker1'``, ``'server0'`` or ``'scheduler'``."""
+
+    def __init__(self, role: str, pid: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.role, self.pid, self.code = role, pid, code
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+#: How long the workers may still run after a scheduler or server ended with status 0 (they
+#: end together at the close of a job; a parameter-server role ending alone is a failure).
+_PS_EXIT_GRACE = 30.0
+
+
 def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
                  timeout: float = 600, env: Optional[Dict[str, str]] = None,
                  cwd: Optional[str] = None, log_dir: Optional[str] = None) -> List[int]:
     """Run a parameter-server job on 127.0.0.1: a scheduler, ``num_servers`` servers and one
-    worker per command in ``worker_cmds``. Returns the workers' exit codes.
+    worker per command in ``worker_cmds``. Returns the workers' exit codes (all 0).
 
-    Every process is bounded by ``timeout`` seconds and stopped (terminate, then kill) when the
-    workers end, fail or time out; ``log_dir`` receives each process's output.
+    When any process fails (non-zero status or a signal; a scheduler or server that ends while
+    workers still run), every other process is stopped at once and :class:`JobFailed` names
+    it; otherwise the remaining ones would wait for it forever. Every process is bounded by
+    ``timeout`` seconds (TimeoutError) and stopped (terminate, then kill) when the job ends;
+    ``log_dir`` receives each process's output.
     """
     for cmd in worker_cmds:
         if not cmd or (shutil.which(cmd[0], path=(env or os.environ).get("PATH")) is None
@@ -178,7 +206,7 @@ def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
                 DMLC_NUM_WORKER=str(len(worker_cmds)))
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-    procs: List[subprocess.Popen] = []
+    procs: List[Tuple[str, subprocess.Popen]] = []
     files = []
 
     def start(role: str, cmd: Sequence[str], tag: str) -> subprocess.Popen:
@@ -188,8 +216,15 @@ def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
             files.append(out)
         p = subprocess.Popen(list(cmd), env=dict(base, DMLC_ROLE=role), cwd=cwd, stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs.append(p)
+        procs.append((tag, p))
         return p
+
+    def failed(tag: str, p: subprocess.Popen, why: str) -> JobFailed:
+        others = [t for t, q in procs if q is not p]
+        log = f"; its log: {os.path.join(log_dir, tag + '.log')}" if log_dir else ""
+        return JobFailed(tag, p.pid, p.returncode if p.returncode is not None else -1,
+                         f"{tag} (pid {p.pid}) {why}: stopped the other processes "
+                         f"({', '.join(others)}){log}")
 
     ps_cmd = [sys.executable, "-c", "import mxnet"]
     try:
@@ -198,18 +233,25 @@ def launch_local(worker_cmds: Sequence[Sequence[str]], num_servers: int = 1,
             start("server", ps_cmd, f"server{i}")
         workers = [start("worker", cmd, f"worker{i}") for i, cmd in enumerate(worker_cmds)]
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            codes = [w.poll() for w in workers]
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
-                break
+        ps_ended: Optional[Tuple[str, subprocess.Popen, float]] = None
+        while True:
+            for tag, p in procs:
+                code = p.poll()
+                if code not in (None, 0):
+                    raise failed(tag, p, _describe_exit(code))
+                if code == 0 and p not in workers and ps_ended is None:
+                    ps_ended = (tag, p, time.time())
+            if all(w.returncode == 0 for w in workers):
+                return [0] * len(workers)
+            if ps_ended and time.time() - ps_ended[2] > _PS_EXIT_GRACE:
+                tag, p, _ = ps_ended
+                raise failed(tag, p, f"ended (status 0) while workers were still running "
+                                     f"{_PS_EXIT_GRACE:.0f} s later")
+            if time.time() > deadline:
+                raise TimeoutError(f"distributed job did not finish within {timeout:.0f} s")
             time.sleep(0.2)
-        else:
-            raise TimeoutError(f"distributed job did not finish within {timeout:.0f} s")
-        if any(c not in (None, 0) for c in codes):
-            codes = [w.poll() if w.poll() is not None else -1 for w in workers]
-        return [c if c is not None else -1 for c in codes]
     finally:
-        _stop(procs)
+        _stop([p for _, p in procs])
         for f in files:
             f.close()
 
@@ -231,14 +273,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         ap.error("give the worker command after --")
+    if args.workers < 1 or args.servers < 1:
+        ap.error(f"--workers and --servers must be at least 1, got {args.workers} and "
+                 f"{args.servers}")
     try:
         codes = launch_local([cmd] * args.workers, args.servers, args.timeout,
                              log_dir=args.log_dir)
+    except JobFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"worker exit codes: {codes}")
-    return 0 if all(c == 0 for c in codes) else 1
+    return 0
 
 
 if __name__ == "__main__":

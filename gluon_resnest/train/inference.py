@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import mxnet as mx
 import numpy as np
 
-from ..data.transforms import read_image
+from ..data.transforms import CorruptImageError, read_image
 from ..deploy.artifact import LoadedModel, ModelMeta, load_artifact, load_variant
 from ..deploy.symbol import symbol_files
 from ..model.resnest import build
@@ -49,7 +49,12 @@ def _load_checkpoint(path: str, ctx=None) -> LoadedModel:
     best = os.path.join(path, "best.ckpt") if run else None
     ckpt = best if best and os.path.isfile(best) else checkpoint.resolve_checkpoint(path)
     info = checkpoint.read_meta(ckpt)
-    cfg, classes = info["config"], info["classes"]
+    cfg = info["config"]
+    task = cfg.get("task", "classification")
+    if task != "classification" or "classes" not in info:
+        raise ValueError(f"checkpoint {ckpt!r} is from a {task} run; eval and predict handle "
+                         f"classifiers")
+    classes = info["classes"]
     net = build(cfg["model"]["name"], classes=len(classes), **cfg["model"]["kwargs"])
     # load_checkpoint also restores the global Python/numpy RNG states (for resuming);
     # loading a model to evaluate must leave the caller's generators alone
@@ -142,25 +147,41 @@ def evaluate(net: Any, loader, ctx=None) -> Dict[str, Any]:
 
 
 def predict_files(model: LoadedModel, files: Sequence[str], topk: int = 5,
-                  batch_size: int = 32) -> List[Dict[str, Any]]:
+                  batch_size: int = 32, on_error: str = "raise") -> List[Dict[str, Any]]:
     """Top-k (label, probability) for each image file, preprocessed with the model's
-    transform."""
-    if not isinstance(topk, int) or topk < 1:
+    transform: one ``{"file", "top"}`` per file, in order.
+
+    ``on_error='raise'``: a missing or undecodable file raises before any prediction;
+    ``'report'``: it gets ``{"file", "error"}`` (the message) and the others are predicted.
+    """
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise ValueError(f"topk must be a positive int, got {topk!r}")
-    for path in files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image {path!r} does not exist")
+    if on_error not in ("raise", "report"):
+        raise ValueError(f"on_error must be 'raise' or 'report', got {on_error!r}")
+    if on_error == "raise":
+        for path in files:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"image {path!r} does not exist")
     names = model.classes
-    results = []
+    results: List[Dict[str, Any]] = [{} for _ in files]
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        x = np.stack([model.preprocess(read_image(path)) for path in chunk])
-        logits = model(x).astype(np.float64)
+        index, arrays = [], []
+        for i in range(start, min(start + batch_size, len(files))):
+            try:
+                arrays.append(model.preprocess(read_image(files[i])))
+                index.append(i)
+            except (FileNotFoundError, CorruptImageError) as err:
+                if on_error == "raise":
+                    raise
+                results[i] = {"file": files[i], "error": str(err)}
+        if not arrays:
+            continue
+        logits = model(np.stack(arrays)).astype(np.float64)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
-        for path, p in zip(chunk, probs):
+        for i, p in zip(index, probs):
             order = np.argsort(-p)[:min(topk, len(p))]
-            results.append({"file": path, "top": [(names[i], float(p[i])) for i in order]})
+            results[i] = {"file": files[i], "top": [(names[j], float(p[j])) for j in order]}
     return results
 
 

@@ -9,23 +9,28 @@ parameters are finite (:func:`save_guarded`) and stop on a NaN/Inf loss with
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import secrets
 import shutil
 import signal
+import sys
+import tempfile
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional
+import time
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, Optional
 
 import mxnet as mx
 import numpy as np
 
 from . import checkpoint as ckpt_mod
+from .checkpoint import atomic_write
 from .config import format_config
 
 __all__ = ["TrainingInterrupted", "NonFiniteLossError", "SignalGuard", "non_finite_error",
            "atomic_write", "atomic_write_text", "atomic_copy", "write_run_config",
-           "params_finite", "save_guarded", "iteration_seed", "seed_all", "resume_hint"]
+           "params_finite", "save_guarded", "iteration_seed", "seed_all", "resume_hint",
+           "RunLog", "progress_bar", "drop_stderr_lines", "PoolingNoteFilter"]
 
 
 def resume_hint(path: str) -> str:
@@ -96,28 +101,6 @@ class SignalGuard:
 
 
 # -- files ----------------------------------------------------------------------------------
-def atomic_write(path: str, write: Callable[[str], None]) -> str:
-    """``write(tmp)`` into a temporary file next to ``path``, then rename it onto ``path``.
-    The file gets the mode of any new file (0666 minus the umask), not a temp file's 0600."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    while True:
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def atomic_write_text(path: str, text: str) -> str:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -155,6 +138,102 @@ def save_guarded(path: str, net: Any, trainer: Any, meta: Dict[str, Any], where:
     if not params_finite(net.collect_params().values()):
         raise non_finite_error("the parameters became non-finite", where, path, advice)
     return ckpt_mod.save_checkpoint(path, net, trainer, meta)
+
+
+# -- output -------------------------------------------------------------------------------
+class RunLog:
+    """A ``log`` callable that also appends each line to ``path`` (the run folder's
+    ``train.log``), opened on the first line so the folder may come later. As a context manager
+    it closes the file on exit and records the exception that ended the run, if any (the caller
+    prints it); every session (a resume too) starts with a dated header line."""
+
+    def __init__(self, path: str, log: Callable[[str], None] = print) -> None:
+        self.path, self._log = path, log
+        self._file: Optional[Any] = None
+
+    def __call__(self, line: str) -> None:
+        self._log(line)
+        self.note(line)
+
+    def note(self, text: str) -> None:
+        """Write ``text`` to the file only (what the caller prints itself)."""
+        if self._file is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n")
+        self._file.write(text.rstrip("\n") + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.note(f"stopped: {exc_type.__name__}: {exc}")
+        self.close()
+
+
+def progress_bar(enabled: bool, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr, shown only when ``enabled`` and stderr is a terminal: in a log
+    file or a pipe (a distributed worker's log, a captured run) its ``\\r`` frames are noise."""
+    from tqdm import tqdm
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):     # replaced or closed stderr
+        tty = False
+    return tqdm(file=sys.stderr, disable=not (enabled and tty), **kwargs)
+
+
+@contextlib.contextmanager
+def drop_stderr_lines(fragment: bytes) -> Iterator[None]:
+    """Lines written to file descriptor 2 inside the block (by native code: MXNet's C++ logging
+    bypasses Python) that contain ``fragment`` are dropped; the others are passed on to stderr
+    when the block ends."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):    # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().splitlines(keepends=True) if fragment not in line]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+class PoolingNoteFilter:
+    """MXNet's oneDNN average pooling logs "MKLDNN Pooling: training with prop_kind is
+    forward_scoring" (C++ INFO, to stderr) each time it builds a primitive for training: at the
+    first training step of each input shape. Average pooling needs no workspace, so it is
+    expected and says nothing about the run. ``with filter(shape):`` drops that line around the
+    steps of a new input shape only; every other line passes."""
+
+    NOTE = b"MKLDNN Pooling: training with prop_kind is forward_scoring"
+
+    def __init__(self) -> None:
+        self._seen: set = set()
+
+    def __call__(self, shape: Any) -> ContextManager[None]:
+        if shape in self._seen:
+            return contextlib.nullcontext()
+        self._seen.add(shape)
+        return drop_stderr_lines(self.NOTE)
 
 
 # -- randomness -----------------------------------------------------------------------------

@@ -15,9 +15,12 @@ from typing import Any, Callable, Collection, Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from .._compat.mxnet_blocks import children
+from ..model.blocks import DropBlock
+
 __all__ = ["scaled_lr", "lr_at", "dense_lr_at", "size_to_data", "smooth_targets", "mixup",
-           "dropblock_prob_at", "set_dropblock", "exclude_from_wd", "IMAGENET_POLICY", "OPS", "op_value",
-           "auto_augment"]
+           "dropblock_prob_at", "set_dropblock", "exclude_from_wd", "IMAGENET_POLICY", "OPS",
+           "op_value", "auto_augment"]
 
 
 # -- learning rate --------------------------------------------------------------------------
@@ -132,7 +135,6 @@ def dropblock_prob_at(epoch: int, epochs: int, final_prob: float, start_prob: fl
 
 def set_dropblock(net, prob: float) -> int:
     """Set ``drop_prob`` of every DropBlock inside ``net``; returns how many there are."""
-    from ..model.blocks import DropBlock
     count = 0
 
     def visit(block):
@@ -140,7 +142,7 @@ def set_dropblock(net, prob: float) -> int:
         if isinstance(block, DropBlock):
             block.drop_prob = prob
             count += 1
-        for child in block._children.values():
+        for child in children(block):
             visit(child)
     visit(net)
     return count

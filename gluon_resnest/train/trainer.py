@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
@@ -25,17 +24,21 @@ from ..deploy.artifact import load_artifact
 from ..deploy.artifact import save as save_artifact
 from . import checkpoint as ckpt_mod
 from . import recipe
+from .config import format_config
 from .data import BatchLoader, open_data
 from .distributed import parse_devices, setup_parallel
 from .inference import evaluate, meta_from_config
 from .loop import (
     NonFiniteLossError,
+    PoolingNoteFilter,
+    RunLog,
     SignalGuard,
     TrainingInterrupted,
     atomic_copy,
     atomic_write,
     iteration_seed,
     non_finite_error,
+    progress_bar,
     save_guarded,
     write_run_config,
 )
@@ -132,6 +135,7 @@ class Trainer:
         self.seed = int(run_cfg["seed"])
         out = out_dir or run_cfg["out"] or default_out_dir(cfg)
         self.out = out if self.rank == 0 else os.path.join(out, f"rank{self.rank}")
+        self.log = RunLog(os.path.join(self.out, "train.log"), log)
 
         # data
         self.train_src, self.val_src = open_data(cfg["data"])
@@ -172,7 +176,8 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.best: Dict[str, Any] = {}
         self.partial = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        self.guard = SignalGuard(log)
+        self.guard = SignalGuard(self.log)
+        self.pooling_note = PoolingNoteFilter()
         if resume:
             self._resume(resume)
 
@@ -324,9 +329,32 @@ class Trainer:
         return loss_sum, int((pred == hard).sum()), lr
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
-        """Train from the current position to ``optim.epochs`` (or ``run.stop_after``)."""
+        """Train from the current position to ``optim.epochs`` (or ``run.stop_after``).
+        What it prints also goes to ``train.log`` in the run folder, with the config and a
+        closing summary line."""
+        with self.log:
+            summary = self._fit(callbacks)
+            self.log.note(self._summary_line(summary))
+        return summary
+
+    def _summary_line(self, s: Dict[str, Any]) -> str:
+        what = "stopped (run.stop_after)" if s["status"] == "stopped" else "finished"
+        text = f"{what} after epoch {s['epochs']} of {self.cfg['optim']['epochs']} in " \
+               f"{s['seconds']:.1f} s (this run)"
+        best, final = s.get("best") or {}, s.get("final") or {}
+        if best.get("val_top1") is not None:
+            text += f"; best epoch {best['epoch']} (validation top-1 {100 * best['val_top1']:.2f}%)"
+        if "val_top1" in final:
+            text += (f"; final validation top-1 {100 * final['val_top1']:.2f}%, top-5 "
+                     f"{100 * final['val_top5']:.2f}%")
+        if s.get("export"):
+            text += f"; exported {s['export']['prefix']} (epoch {s['export']['epoch']})"
+        return text
+
+    def _fit(self, callbacks: Sequence[Callback]) -> Dict[str, Any]:
         o, run_cfg = self.cfg["optim"], self.cfg["run"]
         write_run_config(self.out, self.cfg)
+        self.log.note("resolved config: " + format_config(self.cfg, compact=True))
         self._describe()
         stop_after = run_cfg["stop_after"]
         t_start = time.time()
@@ -382,16 +410,15 @@ class Trainer:
             self.log(line)
 
     def _run_epoch(self, callbacks: Sequence[Callback]) -> None:
-        from tqdm import tqdm
         o, run_cfg = self.cfg["optim"], self.cfg["run"]
         epoch = self.epoch
         p = recipe.dropblock_prob_at(epoch, o["epochs"], self.final_p) if self.final_p else 0.0
         recipe.set_dropblock(self.net, p)
         acc = self.partial
         skipped_before = len(self.train_loader.skipped)
-        bar = tqdm(total=self.iters, initial=self.iteration, desc=f"epoch {epoch + 1}/"
-                   f"{o['epochs']}", unit="batch", leave=True, dynamic_ncols=True,
-                   disable=not run_cfg["progress"] or self.rank != 0, file=sys.stderr)
+        bar = progress_bar(run_cfg["progress"] and self.rank == 0, total=self.iters,
+                           initial=self.iteration, desc=f"epoch {epoch + 1}/{o['epochs']}",
+                           unit="batch", leave=True, dynamic_ncols=True)
         t0 = time.time() - acc["seconds"]
         lr = self.lr_at(epoch * self.iters + self.iteration)
         try:
@@ -399,7 +426,8 @@ class Trainer:
                 if len(y) == 0:
                     self.iteration = it + 1
                     continue
-                loss_sum, correct, lr = self._train_step(epoch, it, x, y)
+                with self.pooling_note(x.shape):
+                    loss_sum, correct, lr = self._train_step(epoch, it, x, y)
                 acc["loss"] += loss_sum
                 acc["correct"] += correct
                 acc["seen"] += len(y)
