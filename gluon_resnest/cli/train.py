@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 __all__ = ["add_commands"]
 
@@ -111,10 +111,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"sized to {cfg['data']['train']}: " + "; ".join(notes) + f". For the paper's "
               f"ImageNet recipe: -c imagenet/{cfg['model']['name']}", flush=True)
     if cfg["task"] != "classification":
-        return _run_dense(cfg, out, resume)
-    from ..train.trainer import NonFiniteLossError, TrainingInterrupted, run
+        from ..train.dense import run as run_dense
+        return _guarded(lambda: _print_dense(cfg, run_dense(cfg, out, resume=resume)), out)
+    from ..train.trainer import run
+    return _guarded(lambda: _print_summary(run(cfg, out_dir=out, resume=resume)), out)
+
+
+def _guarded(train: Callable[[], None], out: str) -> int:
+    """Run ``train`` (which prints its summary); a stop by signal or a non-finite loss is one
+    line on stderr and an exit status, never a traceback."""
+    from ..train.loop import NonFiniteLossError, TrainingInterrupted
     try:
-        summary = run(cfg, out_dir=out, resume=resume)
+        train()
     except TrainingInterrupted as err:
         print(f"gluon-resnest train: {err}", file=sys.stderr)
         return 128 + err.signum
@@ -123,7 +131,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 3
     except KeyboardInterrupt as err:
         return _stopped_at_once(err, out)
-    _print_summary(summary)
     return 0
 
 
@@ -139,19 +146,7 @@ def _stopped_at_once(err: BaseException, out: str) -> int:
     return 130
 
 
-def _run_dense(cfg: Dict[str, Any], out: Any, resume: Any = None) -> int:
-    from ..train.dense import NonFiniteLossError, TrainingInterrupted, run
-    try:
-        result = run(cfg, out, resume=resume)
-    except TrainingInterrupted as err:
-        print(f"gluon-resnest train: {err}", file=sys.stderr)
-        return 128 + err.signum
-    except NonFiniteLossError as err:
-        print(f"gluon-resnest train: error: {err}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt as err:
-        return _stopped_at_once(err, out)
-
+def _print_dense(cfg: Dict[str, Any], result: Dict[str, Any]) -> None:
     def numbers(m: Dict[str, Any]) -> str:
         return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
     minutes, seconds = divmod(int(round(result["seconds"])), 60)
@@ -166,7 +161,6 @@ def _run_dense(cfg: Dict[str, Any], out: Any, resume: Any = None) -> int:
     if result["export"]:
         files += ["model-symbol.json", "model-0000.params"]
     print(f"run folder: {result['out']} ({', '.join(files)})")
-    return 0
 
 
 def _print_summary(s: Dict[str, Any]) -> None:
