@@ -215,3 +215,22 @@ def test_bf16_where_supported_else_clear_error(digits_model, capsys):
             bf16.convert_bf16(net, size=SIZE)
         assert main(["export", "resnest14", "--random", "--bf16", "--size", "32"]) == 2
         assert "BF16 is not available here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["resnest14", "resnest50_fast_4s2x40d"])
+def test_attention_layers_are_found_by_structure(tmp_path, name):
+    """The layers kept FP32 are each Split-Attention block's GAP, fc1 and fc2 (3 per block),
+    found from the graph's structure; the head's global pooling is not among them."""
+    net = build(name, classes=4)
+    net.initialize()
+    export_symbol(net, str(tmp_path / "m"), 64)
+    sym, _, _ = mx.model.load_checkpoint(str(tmp_path / "m"), 0)
+    nodes = {n["name"]: n for n in json.loads(sym.tojson())["nodes"]}
+    found = int8._attention_nodes(sym)
+    blocks = sum(len(getattr(net, f"layer{i}")) for i in range(1, 5))
+    assert len(found) == 3 * blocks
+    ops = sorted(nodes[n]["op"] for n in found)
+    assert ops.count("Pooling") == blocks and ops.count("Convolution") == 2 * blocks
+    pools = [n for n, v in nodes.items() if v["op"] == "Pooling"
+             and v.get("attrs", {}).get("global_pool") == "True"]
+    assert len(pools) == blocks + 1 and len(set(pools) - found) == 1   # the head's GAP

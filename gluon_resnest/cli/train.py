@@ -157,9 +157,9 @@ def _print_dense(cfg: Dict[str, Any], result: Dict[str, Any]) -> None:
     before = result.get("metrics_before")
     print(f"validation: {numbers(result['metrics'])}"
           + (f" (untrained: {numbers(before)})" if before else ""))
-    files = ["config.yaml", "last.ckpt", "model.params", "metrics.json"]
+    files = ["train.log", "config.yaml", "last.ckpt", "model.params", "metrics.json"]
     if result["export"]:
-        files += ["model-symbol.json", "model-0000.params"]
+        files += ["model-symbol.json", "model-0000.params", "model-meta.json"]
     print(f"run folder: {result['out']} ({', '.join(files)})")
 
 
@@ -183,7 +183,7 @@ def _print_summary(s: Dict[str, Any]) -> None:
             print(f"export check: the exported model reproduces the trained network on "
                   f"{ex['checked']} validation images (identical predictions, max |logit "
                   f"difference| {ex['max_abs_diff']:.2g})")
-    print(f"run folder: {s['out']} (metrics.csv, curves.png, best.ckpt, last.ckpt, "
+    print(f"run folder: {s['out']} (train.log, metrics.csv, curves.png, best.ckpt, last.ckpt, "
           f"config.yaml)")
     if "val_top1" in final:
         print(f"final validation accuracy: {100 * final['val_top1']:.2f}% top-1, "

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
 import mxnet as mx
 import numpy as np
@@ -275,13 +274,44 @@ def split_grouped_convs(prefix: str) -> int:
     return len(redirect)
 
 
-#: Split-Attention's GAP and attention MLP (fc1, fc2), kept FP32.
-_ATTENTION = re.compile(r"splitattention\d+_(pooling0|conv[12])(_|$)")
+#: Where Split-Attention's attention MLP ends: the r-softmax (R > 1) or the sigmoid (R = 1).
+_ATTENTION_END = ("softmax", "sigmoid", "SoftmaxActivation")
+
+
+def _attention_nodes(sym: mx.sym.Symbol) -> Set[str]:
+    """Names of Split-Attention's GAP and attention MLP (fc1, fc2) in an FP32 graph, found by
+    structure, not by MXNet's generated names: a global pooling whose output reaches
+    convolutions before the attention's softmax/sigmoid (the head's pooling feeds none)."""
+    nodes = json.loads(sym.tojson())["nodes"]
+    consumers: Dict[int, List[int]] = {}
+    for i, node in enumerate(nodes):
+        for src in node.get("inputs", []):
+            consumers.setdefault(src[0], []).append(i)
+    found: Set[str] = set()
+    for i, node in enumerate(nodes):
+        if node["op"] != "Pooling" or node.get("attrs", {}).get("global_pool") != "True":
+            continue
+        convs, frontier, seen, ended = [], list(consumers.get(i, [])), set(), False
+        while frontier:
+            j = frontier.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            if nodes[j]["op"] in _ATTENTION_END:
+                ended = True
+                continue
+            if nodes[j]["op"] == "Convolution":
+                convs.append(nodes[j]["name"])
+            frontier += consumers.get(j, [])
+        if convs and ended:
+            found.update([node["name"], *convs])
+    return found
 
 
 def _fp32_layers(sym: mx.sym.Symbol, keep_grouped: bool) -> List[str]:
     """Names (after oneDNN fusion) of the layers kept in FP32: Split-Attention's GAP and MLP,
     and every grouped convolution when ``keep_grouped``."""
+    attention = _attention_nodes(sym)
     fused = sym.get_backend_symbol("MKLDNN_QUANTIZE")
     names = []
     for node in json.loads(fused.tojson())["nodes"]:
@@ -290,7 +320,7 @@ def _fp32_layers(sym: mx.sym.Symbol, keep_grouped: bool) -> List[str]:
         inner = node["subgraphs"][0]["nodes"] if node.get("subgraphs") else [node]
         grouped = any(m["op"] == "Convolution" and int(m.get("attrs", {}).get("num_group", 1)) > 1
                       for m in inner)
-        if any(_ATTENTION.search(m["name"]) for m in inner) or (keep_grouped and grouped):
+        if any(m["name"] in attention for m in inner) or (keep_grouped and grouped):
             names.append(node["name"])
     return names
 
@@ -327,9 +357,10 @@ def _quantize_prefix(prefix: str, images: np.ndarray, out: str, calib_mode: str,
     q.hybridize(static_alloc=True, static_shape=True)
     q(mx.nd.array(images[:1]))
     q.export(out, 0)
+    attention = _attention_nodes(sym)
     left = sum(1 for n in json.loads(sym.tojson())["nodes"]
                if n["op"] == "Convolution" and int(n["attrs"].get("num_group", 1)) > 1
-               and not _ATTENTION.search(n["name"]))
+               and n["name"] not in attention)
     return {"fp32_layers": layers, "grouped_conv_split": split,
             "grouped_conv_fp32": left if keep_grouped else 0}
 
