@@ -7,6 +7,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from gluon_resnest.model.parameters import load_arrays
 from gluon_resnest.train import checkpoint as ck
 from gluon_resnest.train import load_config, run
 from gluon_resnest.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
@@ -361,7 +362,7 @@ def test_optimizer_state_round_trip(tmp_path, optimizer, opt_params, dtype, devi
     assert carried == bool(opt_params.get("momentum") or optimizer == "adam" or
                            dtype == "float16")         # a state exists wherever MXNet keeps one
     c, tc = toy(optimizer, opt_params, dtype, ctxs, on_kvstore)
-    c.load_parameters(ck.extract_params(path, str(tmp_path)), ctx=ctxs)
+    load_arrays(c, ck.read_params(path), ctx=ctxs)
     tc.load_states(str(tmp_path / "reference.states"))
     for s in range(3, 6):
         for net, trainer in ((a, ta), (b, tb), (c, tc)):

@@ -31,9 +31,9 @@ import numpy as np
 
 from .._compat import mxnet as mxc
 from .._compat.mxnet_blocks import structural_params
-from ..model.parameters import load_parameters
+from ..model.parameters import load_arrays
 
-__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "read_meta", "load_checkpoint", "extract_params",
+__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "read_meta", "load_checkpoint", "read_params",
            "rng_state", "set_rng_state", "resolve_checkpoint", "check_resumable",
            "UnsafeCheckpointError"]
 
@@ -345,10 +345,22 @@ def read_meta(path: str) -> Dict[str, Any]:
     return meta
 
 
-def extract_params(path: str, dest_dir: str) -> str:
-    """Write the checkpoint's ``model.params`` into ``dest_dir``; returns its path."""
+def read_params(path: str) -> Dict[str, mx.nd.NDArray]:
+    """The checkpoint's weights (``model.params``) as a structural name -> array map, read in
+    memory (no temporary file)."""
     with _open(path) as zf:
-        return zf.extract("model.params", dest_dir)
+        return _params_from(path, zf)
+
+
+def _params_from(path: str, zf: zipfile.ZipFile) -> Dict[str, mx.nd.NDArray]:
+    try:
+        arrays = mx.nd.load_frombuffer(zf.read("model.params"))
+    except (KeyError, mx.base.MXNetError) as err:
+        raise ValueError(f"checkpoint {path!r}: unreadable model.params "
+                         f"({str(err).splitlines()[0]})") from None
+    if not isinstance(arrays, dict):
+        raise ValueError(f"checkpoint {path!r}: model.params holds no named arrays")
+    return arrays
 
 
 def _check_resumable(path: str, meta: Dict[str, Any], names: List[str]) -> None:
@@ -393,25 +405,24 @@ def load_checkpoint(path: str, net, trainer=None, ctx=None) -> Dict[str, Any]:
     meta = read_meta(path)
     arrays: Dict[str, Any] = {}
     info: Dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="gluon_resnest-ckpt-") as work:
-        with _open(path) as zf:
-            names = zf.namelist()
-            if trainer is not None:
-                _check_resumable(path, meta, names)
-                try:
-                    info = json.loads(zf.read("optimizer.json"))
-                    arrays = mx.nd.load_frombuffer(zf.read("optimizer.params"))
-                    arrays = arrays or {}     # MXNet reads an empty dict back as []
-                except (ValueError, mx.base.MXNetError) as err:
-                    raise ValueError(f"checkpoint {path!r}: unreadable optimizer state "
-                                     f"({str(err).splitlines()[0]})") from None
-                if not isinstance(info, dict) or not isinstance(arrays, dict):
-                    raise ValueError(f"checkpoint {path!r}: optimizer.json/optimizer.params do "
-                                     f"not hold named entries")
-            params = zf.extract("model.params", work)
-        index = _malformed_is_valueerror(path, _check_optimizer_info, path, net, trainer,
-                                         info) if trainer is not None else {}
-        load_parameters(net, params, ctx=ctx)
+    with _open(path) as zf:
+        names = zf.namelist()
+        if trainer is not None:
+            _check_resumable(path, meta, names)
+            try:
+                info = json.loads(zf.read("optimizer.json"))
+                arrays = mx.nd.load_frombuffer(zf.read("optimizer.params"))
+                arrays = arrays or {}     # MXNet reads an empty dict back as []
+            except (ValueError, mx.base.MXNetError) as err:
+                raise ValueError(f"checkpoint {path!r}: unreadable optimizer state "
+                                 f"({str(err).splitlines()[0]})") from None
+            if not isinstance(info, dict) or not isinstance(arrays, dict):
+                raise ValueError(f"checkpoint {path!r}: optimizer.json/optimizer.params do "
+                                 f"not hold named entries")
+        params = _params_from(path, zf)
+    index = _malformed_is_valueerror(path, _check_optimizer_info, path, net, trainer,
+                                     info) if trainer is not None else {}
+    load_arrays(net, params, f"checkpoint {path!r}", ctx=ctx)
     if trainer is not None:
         _malformed_is_valueerror(path, _restore_optimizer, path, trainer, index, arrays, info)
     set_rng_state(meta["rng"])

@@ -22,6 +22,11 @@ import numpy as np
 
 from ..deploy.artifact import load_artifact
 from ..deploy.artifact import save as save_artifact
+from ..model import profile
+from ..model.parameters import load_arrays, read_arrays
+from ..model.resnest import build
+from ..model.variants import VARIANTS, resolve_name
+from ..weights.gluoncv import resolve_pretrained
 from . import checkpoint as ckpt_mod
 from . import recipe
 from .config import format_config
@@ -62,7 +67,6 @@ def fit_to_data(cfg: Dict[str, Any], fixed: Collection[str] = ()
     training split's image and class counts; keys in ``fixed`` are kept). With
     ``model.pretrained: true`` GluonCV's file for the variant must be there (nothing is
     downloaded). Returns the config and one line per decision."""
-    from ..weights.gluoncv import resolve_pretrained
     train_src, _ = open_data(cfg["data"])
     names = train_src.classes
     if names is None:                    # RecordIO without its .lst: read the labels
@@ -85,7 +89,6 @@ def fit_to_data(cfg: Dict[str, Any], fixed: Collection[str] = ()
 
 
 def final_dropblock(cfg: Dict[str, Any]) -> float:
-    from ..model.variants import VARIANTS, resolve_name
     m = cfg["model"]
     if m["dropblock_prob"] is not None:
         return float(m["dropblock_prob"])
@@ -95,7 +98,6 @@ def final_dropblock(cfg: Dict[str, Any]) -> float:
 
 def build_net(cfg: Dict[str, Any], classes: int):
     """The (uninitialised) ResNeSt a config describes, with ``classes`` outputs."""
-    from ..model.resnest import build
     m = cfg["model"]
     kw = dict(m["kwargs"])
     kw["dropblock_prob"] = final_dropblock(cfg)
@@ -199,28 +201,25 @@ class Trainer:
         return list(names)
 
     def _load_pretrained(self) -> str:
-        import tempfile
-
-        from ..model.parameters import load_parameters
-        from ..weights.gluoncv import resolve_pretrained
         src = self.cfg["model"]["pretrained"]
-        with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:
-            if src is True or (isinstance(src, str) and not os.path.exists(src)
-                               and not src.endswith((".params", ".ckpt"))):
-                path = resolve_pretrained(self.net.variant, src)
-            elif isinstance(src, str) and (src.endswith(".ckpt") or os.path.isdir(src)):
-                path = ckpt_mod.extract_params(ckpt_mod.resolve_checkpoint(src), work)
-            elif isinstance(src, str):
-                if not os.path.isfile(src):
-                    raise FileNotFoundError(f"model.pretrained: {src!r} does not exist")
-                path = src
-            else:
-                raise ValueError(f"model.pretrained must be a file path or true, got {src!r}")
-            loaded = self.mx.nd.load(path)
-            fc_w = next((v for k, v in loaded.items() if k.split(":")[-1] == "fc.weight"), None)
-            same_head = fc_w is not None and fc_w.shape[0] == self.classes
-            load_parameters(self.net, path, ctx=self.ctx,
-                            skip=() if same_head else ("fc.",))
+        if src is True or (isinstance(src, str) and not os.path.exists(src)
+                           and not src.endswith((".params", ".ckpt"))):
+            path = resolve_pretrained(self.net.variant, src)
+            loaded = read_arrays(path)
+        elif isinstance(src, str) and (src.endswith(".ckpt") or os.path.isdir(src)):
+            path = ckpt_mod.resolve_checkpoint(src)
+            loaded = ckpt_mod.read_params(path)
+        elif isinstance(src, str):
+            if not os.path.isfile(src):
+                raise FileNotFoundError(f"model.pretrained: {src!r} does not exist")
+            path = src
+            loaded = read_arrays(path)
+        else:
+            raise ValueError(f"model.pretrained must be a file path or true, got {src!r}")
+        fc_w = loaded.get("fc.weight")
+        same_head = fc_w is not None and fc_w.shape[0] == self.classes
+        load_arrays(self.net, loaded, f"model.pretrained {path!r}", ctx=self.ctx,
+                    skip=() if same_head else ("fc.",))
         head = "classifier loaded" if same_head else \
             f"classifier re-initialised for {self.classes} classes"
         return f"pretrained weights from {src} ({head})"
@@ -386,7 +385,6 @@ class Trainer:
         return summary
 
     def _describe(self) -> None:
-        from ..model import profile
         o = self.cfg["optim"]
         d = self.cfg["data"]
         params = profile.count_params(self.net) / 1e6
@@ -492,12 +490,8 @@ class Trainer:
         """Export the best checkpoint's network as an artifact (symbol files + metadata) and
         check the exported model's predictions on the validation split against the
         network's own."""
-        import tempfile
-
-        from ..model.parameters import load_parameters
         best = os.path.join(self.out, "best.ckpt")
-        with tempfile.TemporaryDirectory(prefix="gluon_resnest-") as work:
-            load_parameters(self.net, ckpt_mod.extract_params(best, work), ctx=self.ctx)
+        load_arrays(self.net, ckpt_mod.read_params(best), f"checkpoint {best!r}", ctx=self.ctx)
         prefix = os.path.join(self.out, "export", "model")
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
         meta = meta_from_config(self.cfg, self.class_names, epoch=self.best.get("epoch"))
