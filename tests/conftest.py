@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import time
 
 import mxnet as mx
 import numpy as np
@@ -32,3 +35,28 @@ def randomize(net, seed=0, residual_gamma=(0.2, 0.5)):
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
             val = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
         p.set_data(mx.nd.array(val.astype("float32")))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def signal_when(args, ready, sig, start_timeout=120, stop_timeout=60):
+    """Run ``python -m gluon_resnest ARGS``, send ``sig`` once a stdout line starts with
+    ``ready``; returns (exit code, stderr). Every wait is bounded; the process never outlives
+    the call."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gluon_resnest", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + start_timeout
+        for line in proc.stdout:
+            if line.startswith(ready) or time.time() > deadline:
+                break
+        assert time.time() < deadline, "training did not start in time"
+        proc.send_signal(sig)
+        code = proc.wait(timeout=stop_timeout)
+        return code, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,15 +7,13 @@ import glob
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 import zipfile
 
 import mxnet as mx
 import numpy as np
 import pytest
 import yaml
+from conftest import signal_when
 
 from gluon_resnest import cli
 from gluon_resnest.dense.registry import DENSE_MODELS, parse_dense_name
@@ -282,25 +280,10 @@ def test_sigint_at_the_cli_saves_and_tells_how_to_resume(tmp_path):
     """Ctrl-C during `gluon-resnest train --task segmentation`: no traceback, a checkpoint, the
     resume command, exit status 128 + SIGINT."""
     out = tmp_path / "seg"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "gluon_resnest", "train", "--task", "segmentation",
-           *TINY_ARGS[:-2], "data.base_size=64", "data.crop_size=64", "train.iterations=1000",
-           "train.log_interval=1", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
-    try:
-        deadline = time.time() + 180
-        for line in proc.stdout:
-            if line.startswith("[segmentation] iter 2/1000") or time.time() > deadline:
-                break
-        assert time.time() < deadline, "training did not start in time"
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=120)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code, err = signal_when(["train", "--task", "segmentation", *TINY_ARGS[:-2],
+                             "data.base_size=64", "data.crop_size=64", "train.iterations=1000",
+                             "train.log_interval=1", "--out", str(out)],
+                            "[segmentation] iter 2/1000", signal.SIGINT, 180, 120)
     assert code == 128 + signal.SIGINT, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert re.search(r"interrupted by SIGINT at iteration \d+/1000; checkpoint saved to "

@@ -4,13 +4,11 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import yaml
+from conftest import signal_when
 
 from gluon_resnest import cli
 from gluon_resnest.train import checkpoint as ck
@@ -209,24 +207,8 @@ def test_train_help_reads_well(capsys):
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "gluon_resnest", "train", "--out", str(out),
-           "optim.epochs=200"] + TINY[:3] + TINY[4:]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
-    try:
-        deadline = time.time() + 120
-        for line in proc.stdout:
-            if line.startswith("epoch 1/200:") or time.time() > deadline:
-                break
-        assert time.time() < deadline, "training did not start in time"
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code, err = signal_when(["train", "--out", str(out), "optim.epochs=200"] + TINY[:3] + TINY[4:],
+                            "epoch 1/200:", signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err
     assert "interrupted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
     meta = ck.read_meta(str(out / "last.ckpt"))
