@@ -41,7 +41,10 @@ INSTALL_REQUIRES = [
 # `resnest` package and onnxruntime, to compare against them, and import-linter, which CI runs
 # to keep the import direction (checked with 2.17: its acyclic_siblings contract). torchvision
 # 0.28.0 (pulled by timm) cannot load its C ops next to the CPU torch wheel;
-# tests/test_convert.py explains the one-module shim it uses.
+# tests/test_convert.py explains the one-module shim it uses. openvino 2026.4.1 (the openvino
+# extra, a runtime for the ONNX export) imports next to numpy 1.23.5 and leaves it alone; it is
+# not in the test extra: with it loaded, a later in-process SIGINT training test segfaulted
+# (tests/test_runtimes.py runs its OpenVINO cases where it is installed).
 TEST_REQUIRES = [
     "pytest>=7", "ruff>=0.4", "torch==2.13.0", "torchvision==0.28.0", "timm==1.0.29",
     "resnest==0.0.5", "safetensors>=0.4", "onnx==1.18.0", "onnxruntime==1.30.0",
@@ -61,6 +64,8 @@ setup(
     extras_require={
         "torch": ["torch==2.13.0", "safetensors>=0.4"],
         "onnx": ["onnx==1.18.0", "onnxruntime==1.30.0"],
+        # runs the ONNX export (deploy.runtimes); a model in MXNet is exported with onnx first
+        "openvino": ["openvino==2026.4.1", "onnx==1.18.0"],
         "test": TEST_REQUIRES,
     },
     entry_points={"console_scripts": ["gluon-resnest=gluon_resnest.cli:main"]},

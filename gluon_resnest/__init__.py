@@ -4,6 +4,11 @@
 ``gluon_resnest.load(model)`` loads any form of model (a variant, an exported prefix, an
 ``.onnx`` file, a ``.ckpt`` or a run folder) with the metadata that says how to feed it.
 """
+# ruff: noqa: E402  (AMX must be switched on before any import that could run an operator)
+from ._compat.onednn import enable_amx as _enable_amx
+
+_enable_amx()  # where the CPU has AMX: oneDNN reads its ISA variable at its first primitive
+
 from .integrations.gluoncv import register
 from .model.blocks import Bottleneck, DropBlock
 from .model.parameters import load_parameters

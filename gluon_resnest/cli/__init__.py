@@ -11,12 +11,13 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import deploy, models, train
+from . import deploy, info, models, train
 
 COMMAND_MODULES = (
     models,   # list, summary, run
     train,    # train, eval, predict
     deploy,   # export, convert
+    info,     # info
 )
 
 

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from .._compat.onednn import note_bf16_speed
 from ..weights.pytorch import MissingExtraError
 
 EXAMPLES = """examples:
@@ -49,6 +50,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 2
     for line in result.lines:
         print(line)
+    note_bf16_speed("export", precision)     # BF16 slower than FP32 where AMX is not in use
     return 0
 
 

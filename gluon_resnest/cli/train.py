@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
+from .._compat.onednn import note_bf16_speed
+
 __all__ = ["add_commands"]
 
 _TRAIN_EPILOG = """\
@@ -205,15 +207,27 @@ def _load_for_inference(args: argparse.Namespace):
                          f"file, .ckpt or run folder), not the variant name {args.model!r}; "
                          f"write ./{args.model} for a prefix of that name, or export the variant "
                          f"with its weights first: gluon-resnest export {args.model} --params ...")
+    from ..deploy.runtimes import check_request, load_predictor
+    runtime, precision = getattr(args, "runtime", None), getattr(args, "precision", None)
+    convert = runtime is not None or precision is not None
+    if convert:
+        runtime = runtime or "auto"
+        check_request(runtime, precision)           # before the model is loaded
     try:
-        model = load(args.model)
-    except MissingExtraError as err:     # an .onnx model without onnxruntime
+        if convert and args.model.lower().endswith(".onnx"):    # OpenVINO reads it itself
+            model = load(args.model, runtime=runtime, precision=precision)
+        else:                            # the model as it is (MXNet, or ORT for .onnx)
+            model = load(args.model)
+        if model.meta.task != "classification":
+            raise ValueError(f"{args.command} is for classifiers, but {model.source} is a "
+                             f"{model.meta.task} model (its metadata's task is "
+                             f"{model.meta.task!r}, expected 'classification')")
+        model.meta = model.meta.updated(**_test_overrides(args))
+        if convert and not args.model.lower().endswith(".onnx"):
+            # after the overrides: an ONNX export or INT8 calibration uses the overridden size
+            model = load_predictor(model, runtime, precision)
+    except MissingExtraError as err:     # an .onnx model without onnxruntime, or a missing extra
         raise ValueError(str(err)) from None
-    if model.meta.task != "classification":
-        raise ValueError(f"{args.command} is for classifiers, but {model.source} is a "
-                         f"{model.meta.task} model (its metadata's task is "
-                         f"{model.meta.task!r}, expected 'classification')")
-    model.meta = model.meta.updated(**_test_overrides(args))
     for note in model.notes:
         print(f"gluon-resnest {args.command}: note: {note}", file=sys.stderr)
     return model
@@ -259,6 +273,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train.data import BatchLoader, open_source
     from ..train.inference import describe, evaluate
     model = _load_for_inference(args)
+    note_bf16_speed(args.command, model.meta.precision, getattr(model, "runtime", "mxnet"))
     path = args.data
     if path != "demo" and os.path.isdir(os.path.join(os.path.expanduser(path), "val")):
         path = os.path.join(os.path.expanduser(path), "val")      # a data root: its val/
@@ -272,6 +287,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate(model, loader)
     loader.close()
     print(f"model: {model.source}")
+    if hasattr(model, "runtime"):
+        print(f"runtime: {model.runtime} {model.precision}")
     print(f"data: {src.description}; test transform: {transform.describe()}")
     if loader.skipped:
         print(f"skipped {len(loader.skipped)} unreadable image(s), first: {loader.skipped[0][1]}")
@@ -285,6 +302,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk must be a positive int (how many labels per image), got "
                          f"{args.topk}")
     model = _load_for_inference(args)
+    note_bf16_speed(args.command, model.meta.precision, getattr(model, "runtime", "mxnet"))
     failed = 0
     for r in predict_files(model, args.images, topk=args.topk, on_error="report"):
         if "error" in r:      # reported, and the other files still predicted
@@ -325,6 +343,18 @@ def _allow_trailing_overrides(parser: argparse.ArgumentParser) -> None:
         ns.overrides = list(getattr(ns, "overrides", None) or []) + kv
         return ns, [a for a in extras if a not in kv]
     parser.parse_known_args = parse_known_args
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("auto", "mxnet", "onnxruntime", "openvino"),
+                   default=None, help="run the model in this runtime; auto: the fastest installed "
+                                      "(fp32: openvino, else onnxruntime, else mxnet; bf16: "
+                                      "openvino where the CPU has native BF16, else mxnet; int8: "
+                                      "mxnet). Default: the model's own (mxnet, onnxruntime for "
+                                      ".onnx)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
+                   help="convert to this precision (default: the model's own); with no "
+                        "--runtime, auto picks one")
 
 
 def _add_test_transform(p: argparse.ArgumentParser) -> None:
@@ -383,6 +413,7 @@ def add_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
     p.add_argument("--on-corrupt", choices=("error", "skip"), default="error")
     p.add_argument("--demo-size", type=int, default=32, help=argparse.SUPPRESS)
+    _add_runtime(p)
     _add_test_transform(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -392,6 +423,7 @@ def add_commands(sub) -> None:
     p.add_argument("model", help="exported prefix, .onnx file, .ckpt file or run folder")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5)
+    _add_runtime(p)
     _add_test_transform(p)
     p.set_defaults(func=_cmd_predict)
 

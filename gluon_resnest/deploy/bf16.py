@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import mxnet as mx
 from mxnet.base import MXNetError
 from mxnet.gluon import HybridBlock, SymbolBlock
 
+from .._compat.onednn import cpu_flags
 from .symbol import check_block, export_symbol, input_size, load_symbol
 
 __all__ = ["UnsupportedOnThisCPU", "bf16_support", "convert_bf16"]
@@ -27,15 +28,6 @@ class UnsupportedOnThisCPU(RuntimeError):
 _BF16: Dict[str, Tuple[bool, str]] = {}
 
 
-def _cpu_flags() -> List[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
 
 
 def bf16_support() -> Tuple[bool, str]:
@@ -46,7 +38,7 @@ def bf16_support() -> Tuple[bool, str]:
     a tiny bfloat16 convolution.
     """
     if "r" not in _BF16:
-        flags = [f for f in _cpu_flags() if f.startswith(("avx512", "amx"))]
+        flags = [f for f in sorted(cpu_flags()) if f.startswith(("avx512", "amx"))]
         features = mx.runtime.Features()
         if not features.is_enabled("MKLDNN"):
             _BF16["r"] = (False, "this MXNet build has no oneDNN (MKLDNN feature off)")

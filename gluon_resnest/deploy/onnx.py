@@ -113,9 +113,10 @@ def _prune_initializers(graph) -> int:
 
 class OnnxRunner:
     """An ONNX model in onnxruntime (CPU): ``runner(x)`` maps an (N, 3, H, W) float32 batch to
-    the model's output; :attr:`metadata` is the file's ``metadata_props``."""
+    the model's output; :attr:`metadata` is the file's ``metadata_props``. ``threads``: the
+    session's intra-op threads (default: onnxruntime's own choice)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, threads: Optional[int] = None) -> None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model {path!r} does not exist")
         try:
@@ -125,6 +126,8 @@ class OnnxRunner:
                                     f"'onnx' extra: {_EXTRA}") from err
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -18,12 +18,13 @@ import numpy as np
 
 from ..data.transforms import CorruptImageError, read_image
 from ..deploy.artifact import LoadedModel, ModelMeta, load_artifact, load_variant
+from ..deploy.runtimes import Predictor, check_request, load_predictor
 from ..deploy.symbol import symbol_files
 from ..model.resnest import build
 from ..model.variants import ALIASES, VARIANTS, resolve_name
 from . import checkpoint
 
-__all__ = ["LoadedModel", "load", "meta_from_config", "evaluate", "predict_files",
+__all__ = ["LoadedModel", "Predictor", "load", "meta_from_config", "evaluate", "predict_files",
            "topk_correct", "describe"]
 
 
@@ -81,16 +82,33 @@ def _load_checkpoint(path: str, ctx=None) -> LoadedModel:
 
 
 def load(model: str, params: Optional[str] = None, pretrained: Union[bool, str] = False,
-         random_init: bool = False, classes: Optional[int] = None, ctx=None) -> LoadedModel:
+         random_init: bool = False, classes: Optional[int] = None, ctx=None,
+         runtime: Optional[str] = None,
+         precision: Optional[str] = None) -> Union[LoadedModel, Predictor]:
     """Load any form of model.
 
     ``model``: a variant name (weights from ``params``, ``pretrained`` or ``random_init``,
     head size ``classes``; a variant name wins over a file of that name: write
     ``./resnest50``), an exported ``PREFIX`` (or ``PREFIX-symbol.json``), an ``.onnx`` file
     (needs onnxruntime, the ``onnx`` extra), a ``.ckpt`` file or a run folder.
+
+    With ``runtime`` (``"auto"``, ``"mxnet"``, ``"onnxruntime"``, ``"openvino"``) or
+    ``precision`` (``"fp32"``, ``"bf16"``, ``"int8"``) it returns a
+    :class:`~gluon_resnest.deploy.runtimes.Predictor` in that runtime (this is the issue's
+    ``deploy.load``; see :func:`~gluon_resnest.deploy.runtimes.load_predictor` for the rule
+    ``"auto"`` follows); without either, the :class:`LoadedModel` as read.
     """
     if not isinstance(model, str):
         raise TypeError(f"model must be a str (variant name or path), got {type(model).__name__}")
+    if runtime is not None or precision is not None:
+        runtime = runtime or "auto"
+        check_request(runtime, precision)           # before any loading
+        path = os.path.expanduser(model)
+        if not _is_variant(model) and path.lower().endswith(".onnx"):
+            # read by the runtime itself: OpenVINO needs no onnxruntime
+            return load_predictor(path, runtime, precision)
+        return load_predictor(load(model, params, pretrained, random_init, classes, ctx),
+                              runtime, precision)
     if _is_variant(model):
         return load_variant(model, params, pretrained, random_init, classes, ctx)
     if params or pretrained or random_init or classes is not None:
@@ -115,15 +133,15 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
 
 
 def _logits(net: Any, x: np.ndarray, ctx) -> np.ndarray:
-    if isinstance(net, LoadedModel):
+    if isinstance(net, (LoadedModel, Predictor)):
         return net(x).astype(np.float64)
     with mx.autograd.predict_mode():
         return net(mx.nd.array(x, ctx=ctx)).astype("float32").asnumpy().astype(np.float64)
 
 
 def evaluate(net: Any, loader, ctx=None) -> Dict[str, Any]:
-    """Top-1, top-5 accuracy and mean cross-entropy of ``net`` (a LoadedModel or a Gluon
-    block) over every batch of ``loader``; also returns the logits (``'logits'``) in loader
+    """Top-1, top-5 accuracy and mean cross-entropy of ``net`` (a LoadedModel, a Predictor
+    or a Gluon block) over every batch of ``loader``; also returns the logits (``'logits'``) in loader
     order."""
     ctx = ctx or mx.cpu()
     n = correct1 = correct5 = 0
@@ -146,7 +164,7 @@ def evaluate(net: Any, loader, ctx=None) -> Dict[str, Any]:
             "logits": np.concatenate(outs)}
 
 
-def predict_files(model: LoadedModel, files: Sequence[str], topk: int = 5,
+def predict_files(model: Union[LoadedModel, Predictor], files: Sequence[str], topk: int = 5,
                   batch_size: int = 32, on_error: str = "raise") -> List[Dict[str, Any]]:
     """Top-k (label, probability) for each image file, preprocessed with the model's
     transform: one ``{"file", "top"}`` per file, in order.
