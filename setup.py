@@ -42,12 +42,11 @@ INSTALL_REQUIRES = [
 # to keep the import direction (checked with 2.17: its acyclic_siblings contract). torchvision
 # 0.28.0 (pulled by timm) cannot load its C ops next to the CPU torch wheel;
 # tests/test_convert.py explains the one-module shim it uses. openvino 2026.4.1 (the openvino
-# extra, a runtime for the ONNX export) imports next to numpy 1.23.5 and leaves it alone; it is
-# not in the test extra: with it loaded, a later in-process SIGINT training test segfaulted
-# (tests/test_runtimes.py runs its OpenVINO cases where it is installed).
+# extra, a runtime for the ONNX export) imports next to numpy 1.23.5 and leaves it alone; its CPU
+# plugin's handling of the signal stack needs gluon_resnest/_compat/openvino.py.
 TEST_REQUIRES = [
     "pytest>=7", "ruff>=0.4", "torch==2.13.0", "torchvision==0.28.0", "timm==1.0.29",
-    "resnest==0.0.5", "safetensors>=0.4", "onnx==1.18.0", "onnxruntime==1.30.0",
+    "resnest==0.0.5", "safetensors>=0.4", "onnx==1.18.0", "onnxruntime==1.30.0", "openvino==2026.4.1",
     "import-linter>=2.17,<3",
 ]
 

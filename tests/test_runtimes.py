@@ -6,19 +6,22 @@ largest |logit|); BF16 (fewer mantissa bits) to 3e-2 relative. Runtimes that are
 are skipped with the reason; "missing" is also simulated by making the import fail.
 """
 import io
+import json
 import re
+import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
 
 from gluon_resnest import cli
+from gluon_resnest._compat.extras import MissingExtraError
 from gluon_resnest.deploy import runtimes as rt
 from gluon_resnest.deploy.artifact import load_variant
 from gluon_resnest.deploy.bf16 import bf16_support
 from gluon_resnest.train.inference import load
-from gluon_resnest.weights.pytorch import MissingExtraError
 
 FP32_TOL = 1e-4
 BF16_TOL = 3e-2
@@ -62,7 +65,8 @@ def test_fp32_logits_equal_mxnet(small, runtime):
     assert rel(p(x[:1]), ref[:1]) <= FP32_TOL               # another batch size
 
 
-def test_auto_follows_the_rule(small):
+def test_auto_rule_without_measuring(small, monkeypatch):
+    monkeypatch.setenv("GLUON_RESNEST_AUTO", "rule")
     model, x, ref = small
     p = rt.load_predictor(model, "auto")
     expected = ("openvino" if rt.installed("openvino") else
@@ -71,6 +75,61 @@ def test_auto_follows_the_rule(small):
     assert rel(p(x), ref) <= FP32_TOL
     assert rt.auto_runtime("int8") == "mxnet"
     assert rt.auto_runtime("bf16") == ("openvino" if rt.openvino_bf16()[0] else "mxnet")
+
+
+def _slowed(monkeypatch, slow):
+    """Make the predictors of the runtimes in ``slow`` take 0.1 s more per call."""
+    real = rt._build
+
+    def build(model, runtime, precision, onnx_path=None):
+        p = real(model, runtime, precision, onnx_path)
+        if runtime in slow:
+            inner = p._run
+            p._run = lambda x: (time.sleep(0.1), inner(x))[1]
+        return p
+    monkeypatch.setattr(rt, "_build", build)
+
+
+@needs("onnxruntime")
+def test_auto_measures_picks_the_fastest_and_caches(small, monkeypatch, tmp_path):
+    monkeypatch.setenv("GLUON_RESNEST_CACHE", str(tmp_path))
+    model, x, ref = small
+    others = [r for r in ("onnxruntime", "openvino") if rt.installed(r)]
+    _slowed(monkeypatch, others)
+    p = rt.load_predictor(model, "auto", "fp32")
+    assert p.runtime == "mxnet" and rel(p(x), ref) == 0.0
+    assert any("measured at batch 1" in n and "picked mxnet" in n for n in p.notes), p.notes
+    cache = json.loads((tmp_path / "auto_runtime.json").read_text())
+    (entry,) = cache.values()
+    assert entry["runtime"] == "mxnet" and set(entry["images_per_s_bs1"]) == {"mxnet", *others}
+
+    # cached: taken at once, even though MXNet is now the slow one
+    _slowed(monkeypatch, ["mxnet"])
+    monkeypatch.setattr(rt, "interleave", lambda *a, **k: pytest.fail("measured again"))
+    assert rt.load_predictor(model, "auto", "fp32").runtime == "mxnet"
+
+    # a new cache (another machine): measured again, and the ONNX runtimes win
+    monkeypatch.undo()
+    monkeypatch.setenv("GLUON_RESNEST_CACHE", str(tmp_path / "other"))
+    _slowed(monkeypatch, ["mxnet"])
+    p = rt.load_predictor(model, "auto", "fp32")
+    assert p.runtime in others and rel(p(x), ref) <= FP32_TOL
+
+
+@needs("onnxruntime")
+def test_auto_survives_a_damaged_or_unwritable_cache(small, monkeypatch, tmp_path):
+    model, x, ref = small
+    (tmp_path / "auto_runtime.json").write_text("{not json")
+    monkeypatch.setenv("GLUON_RESNEST_CACHE", str(tmp_path))
+    p = rt.load_predictor(model, "auto", "fp32")
+    assert rel(p(x), ref) <= FP32_TOL
+    assert json.loads((tmp_path / "auto_runtime.json").read_text())      # rewritten
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("GLUON_RESNEST_CACHE", str(blocked / "sub"))     # cannot be created
+    p = rt.load_predictor(model, "auto", "fp32")
+    assert rel(p(x), ref) <= FP32_TOL
+    assert any("not cached" in n for n in p.notes), p.notes
 
 
 def test_auto_without_extras_is_mxnet(small, monkeypatch):
@@ -126,6 +185,34 @@ def test_mxnet_bf16(small):
     assert (p.runtime, p.precision, p.meta.precision) == ("mxnet", "bf16", "bf16")
     assert rel(p(x), ref) <= BF16_TOL, rel(p(x), ref)
 
+
+_SIGNAL_AFTER_OPENVINO = """
+import os, signal
+import numpy as np
+from gluon_resnest.deploy import runtimes as rt
+from gluon_resnest.deploy.artifact import load_variant
+model = load_variant("resnest14", random_init=True, classes=10)
+model.meta = model.meta.updated(input_size=32)
+x = np.zeros((1, 3, 32, 32), np.float32)
+p = rt.load_predictor(model, "openvino", "fp32")
+p(x)
+p = rt.load_predictor(model, "openvino", "fp32")   # releases the first one
+p(x)
+del p
+caught = []
+signal.signal(signal.SIGINT, lambda *a: caught.append(a[0]))
+os.kill(os.getpid(), signal.SIGINT)
+print("caught", caught)
+"""
+
+
+@needs("openvino")
+def test_signals_still_work_after_openvino_releases_a_model():
+    # OpenVINO's CPU plugin can leave the thread an unmapped alternate signal stack when a
+    # compiled model is released; the next signal was a SIGSEGV (_compat/openvino.py)
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _SIGNAL_AFTER_OPENVINO],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "caught [2]" in run.stdout, (run.returncode, run.stderr[-2000:])
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

@@ -6,6 +6,7 @@ import zipfile
 import mxnet as mx
 import numpy as np
 import pytest
+from conftest import checkpoint_params
 
 from gluon_resnest.model.parameters import load_arrays
 from gluon_resnest.train import checkpoint as ck
@@ -25,12 +26,6 @@ def tiny(**extra):
             "run.export": False}
     over.update(extra)
     return load_config("demo", list(over.items()))
-
-
-def params_of(path):
-    with zipfile.ZipFile(path) as zf, zf.open("model.params") as f:
-        raw = f.read()
-    return {k: v.asnumpy() for k, v in mx.nd.load_frombuffer(raw).items()}
 
 
 def assert_same_params(a, b):
@@ -59,7 +54,7 @@ def test_checkpoint_contents(straight):
                                       "optimizer.json"}
         momenta = {k for k in mx.nd.load_frombuffer(zf.read("optimizer.params"))}
     # NAG keeps one momentum per trained parameter (BatchNorm running statistics have none)
-    trained = {k for k in params_of(os.path.join(out, "last.ckpt")) if "running_" not in k}
+    trained = {k for k in checkpoint_params(os.path.join(out, "last.ckpt")) if "running_" not in k}
     assert momenta == {f"momentum:{k}" for k in trained}
     best = ck.read_meta(os.path.join(out, "best.ckpt"))
     assert best["epoch"] == summary["best"]["epoch"]
@@ -76,8 +71,8 @@ def test_resume_equals_uninterrupted(straight, tmp_path):
     assert first["status"] == "stopped" and first["epochs"] == EPOCHS // 2
     second = run(tiny(), out_dir=str(tmp_path), resume=str(tmp_path), log=lambda s: None)
     assert second["status"] == "finished"
-    assert_same_params(params_of(os.path.join(out, "last.ckpt")),
-                       params_of(os.path.join(tmp_path, "last.ckpt")))
+    assert_same_params(checkpoint_params(os.path.join(out, "last.ckpt")),
+                       checkpoint_params(os.path.join(tmp_path, "last.ckpt")))
     assert [r["train_loss"] for r in second["history"]] == \
         pytest.approx([r["train_loss"] for r in run_history(out)], rel=1e-5)
 
@@ -99,8 +94,8 @@ def test_sigint_mid_epoch_checkpoints_and_resumes_exactly(straight, tmp_path):
     assert (meta["epoch"], meta["iteration"]) == (1, 1)     # mid-epoch position
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
     run(tiny(), out_dir=str(tmp_path), resume=err.value.checkpoint, log=lambda s: None)
-    assert_same_params(params_of(os.path.join(out, "last.ckpt")),
-                       params_of(os.path.join(tmp_path, "last.ckpt")))
+    assert_same_params(checkpoint_params(os.path.join(out, "last.ckpt")),
+                       checkpoint_params(os.path.join(tmp_path, "last.ckpt")))
     assert [r["train_acc"] for r in run_history(str(tmp_path))] == \
         pytest.approx([r["train_acc"] for r in run_history(out)])
 
@@ -116,7 +111,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         run(tiny(), out_dir=str(tmp_path), callbacks=[poison], log=lambda s: None)
     meta = ck.read_meta(os.path.join(tmp_path, "last.ckpt"))
     assert meta["epoch"] == 1
-    assert all(np.isfinite(v).all() for v in params_of(os.path.join(tmp_path, "last.ckpt"))
+    assert all(np.isfinite(v).all() for v in checkpoint_params(os.path.join(tmp_path, "last.ckpt"))
                .values())
 
 
@@ -247,7 +242,7 @@ def test_resume_refuses_a_pickled_checkpoint_and_runs_nothing(fresh_checkpoint, 
     ck.load_checkpoint(crafted, trainer.net)
     assert_same_params({k: p.data().asnumpy()
                         for k, p in trainer.net._collect_params_with_prefix().items()},
-                       params_of(fresh_checkpoint))
+                       checkpoint_params(fresh_checkpoint))
     assert not marker.exists()
 
 

@@ -225,20 +225,22 @@ def isa_report(dtype: str = "float32", timeout: float = 120.0) -> OneDnnProbe:
 
 def bf16_speed_note(flags: Optional[Iterable[str]] = None, status: Optional[AmxStatus] = None,
                     see_info: bool = True) -> Optional[str]:
-    """Why MXNet's BF16 is slower than FP32 here (or unavailable: no AVX-512), or None where
-    it runs on AMX."""
+    """Why MXNet's BF16 is slower than FP32 here (AMX present but not in use, or bfloat16
+    emulated with AVX-512), or unavailable (no AVX-512); None where it is faster: on AMX, or
+    on native AVX512-BF16 without AMX hardware (``bench/results/deploy.md``)."""
     flags = frozenset(cpu_flags() if flags is None else flags)
     status = amx_status() if status is None else status
     if status.enabled:
         return None
-    if "avx512_bf16" in flags:
-        how = "AVX512-BF16 only"
+    if "amx_bf16" in flags:       # oneDNN falls back to this CPU's AVX512-BF16 kernels
+        how = f"AMX {status.describe()}"
+    elif "avx512_bf16" in flags:
+        return None
     elif "avx512f" in flags:
-        how = "no AVX512-BF16 either: bfloat16 is emulated with AVX-512"
+        how = "no AVX512-BF16: bfloat16 is emulated with AVX-512"
     else:
         return "BF16 is not available here (no AVX-512: oneDNN has no bfloat16 kernels)"
-    why = "" if status.state == "not available" else f"; AMX {status.describe()}"
-    return (f"BF16 runs without AMX here ({how}{why}): expect it slower than FP32"
+    return (f"BF16 runs without AMX here ({how}): expect it slower than FP32"
             + ("; see `gluon-resnest info`" if see_info else ""))
 
 

@@ -15,8 +15,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from .._compat.extras import MissingExtraError
 from ..data.paths import check_output_folder
-from ..weights.pytorch import MissingExtraError
 from .artifact import LoadedModel, ModelMeta, load_artifact, save, split_prefix
 from .bf16 import UnsupportedOnThisCPU, bf16_support, convert_bf16
 from .int8 import describe as describe_int8

@@ -20,22 +20,17 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
-from ..weights.pytorch import MissingExtraError
+from .._compat.extras import MissingExtraError, import_extra
 from .symbol import check_block, export_symbol, input_size
 
 __all__ = ["ONNX_OPSET", "export_onnx", "OnnxRunner", "run_onnx"]
 
 #: The ONNX opset written by :func:`export_onnx` (MXNet 1.9.1's newest translation tables).
 ONNX_OPSET = 13
-_EXTRA = "pip install 'gluon_resnest[onnx]'"
 
 
 def _import_onnx():
-    try:
-        import onnx
-    except ImportError as err:
-        raise MissingExtraError(f"ONNX export needs the onnx package, the optional 'onnx' "
-                                f"extra: {_EXTRA}") from err
+    onnx = import_extra("onnx", "onnx", "ONNX export")
     if not hasattr(onnx, "mapping"):
         raise MissingExtraError(f"onnx {onnx.__version__} has no onnx.mapping, which MXNet "
                                 f"1.9.1's exporter needs: pip install 'onnx==1.18.0'")
@@ -119,11 +114,7 @@ class OnnxRunner:
     def __init__(self, path: str, threads: Optional[int] = None) -> None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model {path!r} does not exist")
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise MissingExtraError(f"running an ONNX model needs onnxruntime, the optional "
-                                    f"'onnx' extra: {_EXTRA}") from err
+        ort = import_extra("onnxruntime", "onnx", "running an ONNX model")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:

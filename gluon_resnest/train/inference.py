@@ -94,9 +94,9 @@ def load(model: str, params: Optional[str] = None, pretrained: Union[bool, str] 
 
     With ``runtime`` (``"auto"``, ``"mxnet"``, ``"onnxruntime"``, ``"openvino"``) or
     ``precision`` (``"fp32"``, ``"bf16"``, ``"int8"``) it returns a
-    :class:`~gluon_resnest.deploy.runtimes.Predictor` in that runtime (this is the issue's
-    ``deploy.load``; see :func:`~gluon_resnest.deploy.runtimes.load_predictor` for the rule
-    ``"auto"`` follows); without either, the :class:`LoadedModel` as read.
+    :class:`~gluon_resnest.deploy.runtimes.Predictor` in that runtime (``"auto"``: the fastest
+    installed, measured here once and cached: see :mod:`gluon_resnest.deploy.runtimes`);
+    without either, the :class:`LoadedModel` as read.
     """
     if not isinstance(model, str):
         raise TypeError(f"model must be a str (variant name or path), got {type(model).__name__}")

@@ -29,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import mxnet as mx
 import numpy as np
 
+from .._compat.extras import EXTRAS, MissingExtraError, import_extra
 from .._compat.mxnet_blocks import structural_params
 from ..model.parameters import check_keys, load_arrays
 from ..model.resnest import ResNeSt, build
@@ -52,11 +53,7 @@ TIMM_NAMES: Dict[str, str] = {
     "resnest50d_1s4x24d": "resnest50_fast_1s4x24d",
 }
 
-EXTRA_HINT = "pip install 'gluon_resnest[torch]'"
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency (the ``torch`` extra) is not installed."""
+EXTRA_HINT = EXTRAS["torch"]
 
 
 def resolve_arch(arch: str) -> str:
@@ -89,12 +86,7 @@ def describe_arch(name: str) -> str:
 
 # -- reading ---------------------------------------------------------------------------------
 def _import_torch():
-    try:
-        import torch
-    except ImportError as err:
-        raise MissingExtraError(f"reading PyTorch checkpoints needs PyTorch, which is the optional "
-                                f"'torch' extra: {EXTRA_HINT}") from err
-    return torch
+    return import_extra("torch", "torch", "reading PyTorch checkpoints")
 
 
 def _sniff(path: str) -> str:
@@ -139,11 +131,8 @@ def _read_torch(path: str) -> Dict[str, Any]:
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-    try:
-        from safetensors import SafetensorError, safe_open
-    except ImportError as err:
-        raise MissingExtraError(f"reading .safetensors files needs safetensors, part of the "
-                                f"optional 'torch' extra: {EXTRA_HINT}") from err
+    safetensors = import_extra("safetensors", "torch", "reading .safetensors files")
+    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
     out = {}
     try:
         with safe_open(path, framework="numpy") as f:
