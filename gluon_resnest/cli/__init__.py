@@ -11,13 +11,14 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import deploy, info, models, train
+from . import bench, deploy, info, models, train
 
 COMMAND_MODULES = (
     models,   # list, summary, run
     train,    # train, eval, predict
     deploy,   # export, convert
     info,     # info
+    bench,    # bench
 )
 
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gluon-resnest",
         description="ResNeSt (Split-Attention Networks) for MXNet/GluonCV: train, evaluate, "
-                    "predict, export, convert and inspect models.")
+                    "predict, export, convert, inspect and benchmark models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
         mod.add_commands(sub)

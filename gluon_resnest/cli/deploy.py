@@ -5,8 +5,9 @@ import argparse
 import os
 import sys
 
+from .._compat.extras import MissingExtraError
 from .._compat.onednn import note_bf16_speed
-from ..weights.pytorch import MissingExtraError
+from .options import add_model_arguments, load_model
 
 EXAMPLES = """examples:
   gluon-resnest convert --arch resnest50d resnest50d.pth resnest50.params
@@ -24,7 +25,6 @@ Re-exporting keeps the source's; --size overrides it.
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..data.paths import check_output_folder
     from ..deploy.export import UnsupportedOnThisCPU, check_options, default_output, export
-    from ..train.inference import load
     if args.int8 and args.bf16:
         raise ValueError("choose one of --int8 and --bf16")
     if args.calib is not None and not args.int8:
@@ -34,8 +34,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         check_output_folder(os.path.dirname(os.path.abspath(args.out)))
     check_options(args.format, precision, args.out)
     try:
-        model = load(args.model, params=args.params, pretrained=args.pretrained,
-                     random_init=args.random, classes=args.classes)
+        model = load_model(args)
         if args.out is None:     # beside the input: that folder must take new files too
             out = default_output(model, args.format, precision or model.meta.precision)
             check_output_folder(os.path.dirname(os.path.abspath(out)))
@@ -77,13 +76,7 @@ def add_commands(sub) -> None:
                     "(PREFIX-symbol.json, e.g. from `gluon-resnest train`), a .ckpt checkpoint "
                     "or a run folder.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="variant name (e.g. resnest50), exported PREFIX, .ckpt or run "
-                                 "folder (a variant name wins; write ./resnest50 for a prefix)")
-    p.add_argument("--params", help="our .params file (structural keys)")
-    p.add_argument("--pretrained", action="store_true", help="GluonCV's published weights")
-    p.add_argument("--random", action="store_true", help="random weights (smoke tests)")
-    p.add_argument("--classes", type=int, default=None,
-                   help="classifier size of a variant (default 1000)")
+    add_model_arguments(p, "exported PREFIX, .ckpt or run folder")
     p.add_argument("--format", choices=("symbol", "onnx"), default="symbol")
     p.add_argument("--out", help="output prefix, or .onnx file (default: beside the input, "
                                  "e.g. PREFIX.onnx or PREFIX-int8; ./VARIANT for a variant)")

@@ -199,9 +199,9 @@ def _test_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _load_for_inference(args: argparse.Namespace):
+    from .._compat.extras import MissingExtraError
     from ..model.variants import variant_names
     from ..train.inference import load
-    from ..weights.pytorch import MissingExtraError
     if args.model.lower() in variant_names():
         raise ValueError(f"{args.command} needs a trained model (an exported prefix, .onnx "
                          f"file, .ckpt or run folder), not the variant name {args.model!r}; "
@@ -347,11 +347,11 @@ def _allow_trailing_overrides(parser: argparse.ArgumentParser) -> None:
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("auto", "mxnet", "onnxruntime", "openvino"),
-                   default=None, help="run the model in this runtime; auto: the fastest installed "
-                                      "(fp32: openvino, else onnxruntime, else mxnet; bf16: "
-                                      "openvino where the CPU has native BF16, else mxnet; int8: "
-                                      "mxnet). Default: the model's own (mxnet, onnxruntime for "
-                                      ".onnx)")
+                   default=None, help="run the model in this runtime; auto: the fastest installed for "
+                                      "the precision, measured here at batch 1 once and cached "
+                                      "(GLUON_RESNEST_AUTO=rule: openvino, else onnxruntime, "
+                                      "else mxnet). Default: the model's own (mxnet, "
+                                      "onnxruntime for .onnx)")
     p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
                    help="convert to this precision (default: the model's own); with no "
                         "--runtime, auto picks one")
