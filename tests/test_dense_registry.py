@@ -24,6 +24,8 @@ EXPECTED = (
     + [f"mask_rcnn_fpn_syncbn_resnest{d}_coco" for d in (50, 101)]
     + [f"mask_rcnn_fpn_resnest{d}_coco" for d in (50, 101)]
     + [f"mask_rcnn_fpn_bn_resnest{d}_coco" for d in (50, 101)]
+    + [f"{k}_rcnn_fpn{n}_resnest{d}_coco" for k in ("cascade", "cascade_mask")
+       for n in ("_syncbn", "") for d in (50, 101, 200)]
     + [f"deeplab_resnest{d}_ade" for d in (50, 101, 200, 269)]
     + [f"deeplab_resnest{d}_citys" for d in (50, 101)])
 
@@ -204,7 +206,8 @@ import sys
 import gluon_resnest
 from gluoncv.model_zoo import model_zoo, segbase
 from gluon_resnest.dense.registry import CUSTOM_MODELS, DENSE_MODELS
-dense = ("gluon_resnest.dense.detection", "gluon_resnest.dense.segmentation")
+dense = ("gluon_resnest.dense.detection", "gluon_resnest.dense.cascade",
+         "gluon_resnest.dense.segmentation")
 print(all(model_zoo._models[n] is DENSE_MODELS[n] for n in DENSE_MODELS),
       all(getattr(model_zoo._models[n], "_gluon_resnest", False) for n in CUSTOM_MODELS),
       [m for m in dense if m in sys.modules])

@@ -7,13 +7,12 @@ import glob
 import os
 import re
 import signal
-import zipfile
 
 import mxnet as mx
 import numpy as np
 import pytest
 import yaml
-from conftest import signal_when
+from conftest import assert_resumed_run_matches, checkpoint_params, signal_when
 
 from gluon_resnest import cli
 from gluon_resnest.dense.registry import DENSE_MODELS, parse_dense_name
@@ -50,11 +49,6 @@ def gr(capsys, *argv):
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def params_of(path):
-    with zipfile.ZipFile(path) as zf:
-        return {k: v.asnumpy() for k, v in mx.nd.load_frombuffer(zf.read("model.params")).items()}
 
 
 def quiet(_line):
@@ -169,12 +163,7 @@ def test_sigint_saves_and_resume_continues_exactly(straight, tmp_path):
                         log=lines.append)
     assert lines[0] == f"resumed from {err.value.checkpoint}: iteration 3 of 6"
     assert resumed["iterations"] == 6
-    assert [h["total"] for h in resumed["loss_history"]] == \
-        pytest.approx([h["total"] for h in full["loss_history"]], rel=1e-5)
-    a, b = params_of(full["checkpoint"]), params_of(resumed["checkpoint"])
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert_resumed_run_matches(full, resumed)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -194,7 +183,7 @@ def test_a_huge_learning_rate_stops_and_keeps_the_last_good_checkpoint(task, tmp
     meta = ck.read_meta(str(tmp_path / "last.ckpt"))
     assert meta["iteration"] == held and meta["history"]
     assert all(np.isfinite(h["total"]) for h in meta["history"])
-    assert all(np.isfinite(v).all() for v in params_of(str(tmp_path / "last.ckpt")).values())
+    assert all(np.isfinite(v).all() for v in checkpoint_params(str(tmp_path / "last.ckpt")).values())
 
 
 # -- the export -----------------------------------------------------------------------------

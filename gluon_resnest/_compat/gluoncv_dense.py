@@ -8,7 +8,11 @@ RuntimeError naming the GluonCV version if one is not as expected):
   given builder (``integrations.gluoncv_dense``: our dilated ResNeSt, loaded on first use) and
   passes other names on.
 - ``FasterRCNN._batch_size`` (``per_device_batch_size``) and the sampler's ``_max_pos`` /
-  ``_num_sample``: :func:`rcnn_batch_size`, :func:`rcnn_positive_fraction`.
+  ``_num_sample``: :func:`rcnn_batch_size`, :func:`rcnn_positive_fraction`,
+  :func:`rcnn_max_positives`; ``_num_sample``, ``_rpn_test_post_nms``, ``_roi_size``,
+  ``_strides``, ``_roi_mode``: :func:`rcnn_settings`; ``_pyramid_roi_feats`` called with them:
+  :func:`rcnn_roi_features` (the cascade's stages); MXNet's ``HybridBlock._clear_cached_op``:
+  :func:`clear_cached_graph`.
 - ``SegBaseModel._up_kwargs`` (the crop a segmenter was built for): :func:`segmentation_crop`.
 - ``SegmentationDataset._sync_transform`` / ``_val_sync_transform`` / ``_img_transform`` /
   ``_mask_transform`` (GluonCV's random scale/crop/flip/blur and its validation resize/crop of
@@ -35,7 +39,8 @@ from . import check_gluoncv_version, import_gluoncv
 gluoncv = import_gluoncv()
 
 __all__ = ["fail", "fix_pyramid_roi_pooling", "gluoncv_get_backbone",
-           "patch_segmentation_backbone", "rcnn_batch_size", "rcnn_positive_fraction",
+           "patch_segmentation_backbone", "rcnn_batch_size", "rcnn_max_positives",
+           "rcnn_positive_fraction", "rcnn_settings", "rcnn_roi_features", "clear_cached_graph",
            "rcnn_training_step", "segmentation_crop", "segmentation_pair_transform"]
 
 _SUPPORTED = "gluoncv 0.10.x/0.11.x (tested with 0.10.5.post0)"
@@ -114,6 +119,41 @@ def rcnn_positive_fraction(net: Any) -> float:
     sampler = _private(net, "sampler", "FasterRCNN")
     return (_private(sampler, "_max_pos", "RCNNTargetSampler")
             / float(_private(sampler, "_num_sample", "RCNNTargetSampler")))
+
+
+def rcnn_max_positives(net: Any) -> int:
+    """The number of positive RoIs per image the R-CNN's sampler draws at most (``_max_pos``)."""
+    return int(_private(_private(net, "sampler", "FasterRCNN"), "_max_pos", "RCNNTargetSampler"))
+
+
+def rcnn_settings(net: Any) -> Dict[str, Any]:
+    """A FasterRCNN's construction settings it keeps privately: ``batch_size``
+    (per_device_batch_size), ``num_sample`` (RoIs per training image), ``rpn_test_post_nms``
+    (RoIs per test image), ``roi_size``, ``strides``, ``roi_mode``."""
+    owner = "FasterRCNN"
+    return {"batch_size": int(_private(net, "_batch_size", owner)),
+            "num_sample": int(_private(net, "_num_sample", owner)),
+            "rpn_test_post_nms": int(_private(net, "_rpn_test_post_nms", owner)),
+            "roi_size": tuple(_private(net, "_roi_size", owner)),
+            "strides": _private(net, "_strides", owner),
+            "roi_mode": _private(net, "_roi_mode", owner)}
+
+
+def rcnn_roi_features(net: Any, F: Any, features: Sequence[Any], rois: Any,
+                      roi_size: Any = None) -> Any:
+    """(R, 5) RoIs [batch index, x1, y1, x2, y2] -> (R, C, h, w) FPN RoI features through the
+    R-CNN's pyramid pooling (``_pyramid_roi_feats``; see :func:`fix_pyramid_roi_pooling`) with
+    its own RoI size (or ``roi_size``), strides and mode."""
+    pool = _private(net, "_pyramid_roi_feats", "FasterRCNN")
+    return pool(F, features, rois, roi_size or _private(net, "_roi_size", "FasterRCNN"),
+                _private(net, "_strides", "FasterRCNN"),
+                roi_mode=_private(net, "_roi_mode", "FasterRCNN"))
+
+
+def clear_cached_graph(block: Any) -> None:
+    """Drop a hybridized block's traced graph (MXNet's ``_clear_cached_op``), as GluonCV's
+    ``reset_class`` does: the next call traces the changed network."""
+    _private(block, "_clear_cached_op", "HybridBlock")()
 
 
 def segmentation_crop(net: Any) -> tuple:

@@ -3,6 +3,7 @@
 - :mod:`.detection`: Faster/Mask R-CNN + FPN on a ResNeSt (GluonCV's FasterRCNN, MaskRCNN,
   FPNFeatureExpander), the pyramid tapping the stage outputs C2..C5 by name (:class:`StageTaps`).
 - :mod:`.segmentation`: the dilated backbone for GluonCV's segmentation heads, DeepLabV3 builders.
+- :mod:`.cascade`: Cascade R-CNN and Cascade Mask R-CNN + FPN on the same parts.
 - :mod:`.registry`: the name table GluonCV's ``get_model`` learns (see ``integrations.gluoncv_dense``).
 - :mod:`.synthetic`: a generated data set (shapes with boxes, masks and a segmentation map).
 
@@ -21,7 +22,9 @@ from typing import Any
 _EXPORTS = {
     "StageTaps": "detection", "fpn_features": "detection", "faster_rcnn_fpn": "detection",
     "mask_rcnn_fpn": "detection", "custom_faster_rcnn_fpn": "detection",
-    "custom_mask_rcnn_fpn": "detection", "deeplab": "segmentation",
+    "custom_mask_rcnn_fpn": "detection", "cascade_rcnn_fpn": "cascade",
+    "cascade_mask_rcnn_fpn": "cascade", "custom_cascade_rcnn_fpn": "cascade",
+    "custom_cascade_mask_rcnn_fpn": "cascade", "deeplab": "segmentation",
     "dilated_backbone": "segmentation", "DENSE_MODELS": "registry",
     "dense_model_names": "registry", "get_dense_model": "registry",
 }

@@ -51,7 +51,8 @@ from .norms import NAME_TOKENS, NORMS, Norm, backbone_kwargs, get_norm, norm_fro
 __all__ = ["TAP_NAMES", "NORMS", "RECIPES", "FROZEN_TRAINED_STAGES", "StageTaps", "fpn_features",
            "ResNeStFasterRCNN", "ResNeStMaskRCNN", "frozen_backbone_params", "faster_rcnn_fpn",
            "mask_rcnn_fpn", "custom_faster_rcnn_fpn", "custom_mask_rcnn_fpn", "dataset_classes",
-           "check_classes", "initialize_detector", "load_detector"]
+           "check_classes", "initialize_detector", "load_detector", "build_detector",
+           "custom_detector"]
 
 #: Names of the stage outputs the pyramid taps (C2..C5, strides 4, 8, 16, 32).
 TAP_NAMES: Tuple[str, ...] = ("c2", "c3", "c4", "c5")
@@ -125,21 +126,23 @@ class StageTaps(StageFeatures):
 
 
 def fpn_features(backbone: ResNeSt, num_filters: int = 256, sym_norm_layer: Any = None,
-                 sym_norm_kwargs: Optional[dict] = None, no_bias: Optional[bool] = None
-                 ) -> FPNFeatureExpander:
+                 sym_norm_kwargs: Optional[dict] = None, no_bias: Optional[bool] = None,
+                 taps: Optional[nn.HybridBlock] = None) -> FPNFeatureExpander:
     """GluonCV's FPN on the backbone's C2..C5: (N, 3, H, W) -> [P2, P3, P4, P5, P6].
 
     Pi has ``num_filters`` channels and stride 2**i. ``sym_norm_layer`` (e.g.
     ``mx.sym.contrib.SyncBatchNorm``) normalises the FPN convs, which then have no bias.
+    ``taps``: a block like :class:`StageTaps` for another backbone (default: StageTaps).
     """
     if no_bias is None:
         no_bias = sym_norm_layer is not None
     if sym_norm_layer is not None and sym_norm_layer is not mx.sym.contrib.SyncBatchNorm:
         sym_norm_layer = _named_norm(sym_norm_layer)    # GluonCV names SyncBatchNorm only
     return FPNFeatureExpander(
-        network=StageTaps(backbone), outputs=list(TAP_NAMES), num_filters=[num_filters] * 4,
-        use_1x1=True, use_upsample=True, use_elewadd=True, use_p6=True, no_bias=no_bias,
-        pretrained=False, norm_layer=sym_norm_layer, norm_kwargs=dict(sym_norm_kwargs or {}))
+        network=taps if taps is not None else StageTaps(backbone), outputs=list(TAP_NAMES),
+        num_filters=[num_filters] * 4, use_1x1=True, use_upsample=True, use_elewadd=True,
+        use_p6=True, no_bias=no_bias, pretrained=False, norm_layer=sym_norm_layer,
+        norm_kwargs=dict(sym_norm_kwargs or {}))
 
 
 def _named_norm(layer: Callable) -> Callable:
@@ -191,7 +194,7 @@ def _check_input(net: FasterRCNN, x: mx.nd.NDArray, gt_box: Any, gt_label: Any) 
     shape = tuple(x.shape)
     if len(shape) != 4 or shape[1] != 3:
         raise ValueError(f"{type(net).__name__} expects a (N, 3, H, W) batch, got shape {shape}")
-    stride = net.backbone.min_input_size                  # C5's stride, 32
+    stride = getattr(net.backbone, "min_input_size", 32)   # C5's stride (GluonCV's nets: 32)
     if min(shape[2:]) < stride:
         raise ValueError(f"input {shape[2]}x{shape[3]} is smaller than the backbone's total "
                          f"stride {stride}; use H, W >= {stride} (GluonCV's transforms resize "
@@ -262,8 +265,10 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
            ctx: Any, root: Optional[str], num_devices: int, num_fpn_filters: int,
            num_box_head_conv: int, num_box_head_conv_filters: int,
            num_box_head_dense_filters: int, fpn_norm_kwargs: Optional[dict] = None,
-           **kwargs: Any) -> FasterRCNN:
-    backbone = resolve_name(backbone)
+           net_class: Optional[type] = None, base: Any = None,
+           taps: Optional[nn.HybridBlock] = None, **kwargs: Any) -> FasterRCNN:
+    if base is None:                     # else a backbone the caller built (and its taps)
+        backbone = resolve_name(backbone)
     spec = get_norm(norm)
     if dataset not in RECIPES:
         raise ValueError(f"unknown detection data set {dataset!r}: expected one of "
@@ -283,23 +288,30 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
     if pretrained:
         pretrained_base = False
     ctx = ctx if ctx is not None else mx.cpu()
-    base = _backbone(backbone, norm, pretrained_base, ctx, root, num_devices)
+    if base is None:
+        base = _backbone(backbone, norm, pretrained_base, ctx, root, num_devices)
     sym_kw = {**spec.fpn_kwargs(num_devices),
               **_check_fpn_norm_kwargs(fpn_norm_kwargs, norm, num_devices)}
-    features = fpn_features(base, num_fpn_filters, spec.fpn, sym_kw)
+    features = fpn_features(base, num_fpn_filters, spec.fpn, sym_kw, taps=taps)
     gl_kw = spec.layer_kwargs(num_devices)
     settings = dict(RECIPES[dataset])
     if norm == "syncbn" and dataset in _SYNCBN_SHORT:
         settings["short"] = _SYNCBN_SHORT[dataset]
-    mask = kind == "mask"
+    mask = kind.endswith("mask")     # mask, cascade_mask
     roi = 14 if mask else 7          # Mask R-CNN: 14x14 RoIs, box head pools to 7x7
-    settings.update(roi_size=(roi, roi), clip=_CLIP[kind],
+    settings.update(roi_size=(roi, roi), clip=_CLIP["mask" if mask else "faster"],
                     rpn_channel=1024 if spec.frozen else 256,   # GluonCV's frozen-BN recipes
                     train_patterns=_train_patterns(spec))
     settings.update(kwargs)
-    box = _box_head(spec, mask, num_box_head_conv, num_box_head_conv_filters,
-                    num_box_head_dense_filters, gl_kw)
-    common = dict(features=features, top_features=None, classes=classes, box_features=box)
+    # a cascade (net_class.num_box_heads > 1) has one box head per stage
+    heads = [_box_head(spec, mask, num_box_head_conv, num_box_head_conv_filters,
+                       num_box_head_dense_filters, gl_kw)
+             for _ in range(getattr(net_class, "num_box_heads", 1))]
+    common = dict(features=features, top_features=None, classes=classes, box_features=heads[0])
+    if len(heads) > 1:
+        common["stage_box_features"] = heads[1:]
+    if net_class is None:
+        net_class = ResNeStMaskRCNN if mask else ResNeStFasterRCNN
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Caution using SyncBatchNorm")
         if mask:
@@ -310,9 +322,7 @@ def _build(kind: str, backbone: str, classes: Optional[Sequence[str]], dataset: 
             if spec.mask_head is not None:
                 settings.setdefault("norm_layer", spec.mask_head)
                 settings.setdefault("norm_kwargs", gl_kw)
-            net = ResNeStMaskRCNN(**common, **settings)
-        else:
-            net = ResNeStFasterRCNN(**common, **settings)
+        net = net_class(**common, **settings)
     net.base_network_name, net.dataset, net.norm = backbone, dataset, norm
     object.__setattr__(net, "backbone", base)    # a reference, not a second child
     token = next((t for t, n in NAME_TOKENS.items() if n == norm), "")   # syncbn, or none
@@ -385,7 +395,29 @@ def mask_rcnn_fpn(backbone: str = "resnest50", dataset: str = "coco",
     return _build("mask", backbone, classes, dataset, **opts)
 
 
-def _custom(kind: str, classes, transfer, dataset, pretrained_base, base_network_name,
+def build_detector(kind: str, backbone: str, dataset: str, classes: Optional[Sequence[str]],
+                   net_class: type, **kwargs: Any) -> FasterRCNN:
+    """A detector of class ``net_class`` (a FasterRCNN subclass) built as
+    :func:`faster_rcnn_fpn` builds its own: ``kind`` names it (``{kind}_rcnn_fpn_...``; a kind
+    ending in ``mask`` gets Mask R-CNN's RoI size and mask head settings). ``base``/``taps``
+    in kwargs: a backbone block built by the caller and its C2..C5 taps (see :func:`fpn_features`).
+    """
+    return _build(kind, backbone, classes, dataset, net_class=net_class, **{**_DEFAULTS, **kwargs})
+
+
+def custom_detector(build: Callable[..., FasterRCNN], classes: Sequence[str],
+                    transfer: Optional[str], dataset: str, pretrained_base: Union[bool, str],
+                    base_network_name: str, norm_layer: Any, norm_kwargs: Optional[dict],
+                    sym_norm_layer: Any, sym_norm_kwargs: Optional[dict],
+                    kwargs: Dict[str, Any]) -> FasterRCNN:
+    """GluonCV's ``custom_*_rcnn_fpn`` arguments turned into a call of ``build(backbone,
+    dataset, classes, **kwargs)`` (e.g. :func:`faster_rcnn_fpn`); see
+    :func:`custom_faster_rcnn_fpn`."""
+    return _custom(build, classes, transfer, dataset, pretrained_base, base_network_name,
+                   norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs)
+
+
+def _custom(build, classes, transfer, dataset, pretrained_base, base_network_name,
             norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs):
     norm = norm_from_layers(norm_layer, sym_norm_layer)
     extra = sorted(set(norm_kwargs or {}) - ({"num_devices"} if get_norm(norm).per_device
@@ -397,7 +429,6 @@ def _custom(kind: str, classes, transfer, dataset, pretrained_base, base_network
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"dataset must be a non-empty str (it names the network), got {dataset!r}")
     num_devices = int((norm_kwargs or {}).get("num_devices") or 0)
-    build = faster_rcnn_fpn if kind == "faster" else mask_rcnn_fpn
     common = dict(norm=norm, num_devices=num_devices, fpn_norm_kwargs=sym_norm_kwargs)
     if transfer is None:
         net = build(base_network_name, "custom", classes, pretrained_base=pretrained_base,
@@ -428,7 +459,7 @@ def custom_faster_rcnn_fpn(classes: Sequence[str], transfer: Optional[str] = Non
     the ``custom`` recipe's plus ``kwargs``. transfer : ``'coco'``/``'voc'`` starts from that
     detector's local weights and keeps the classes both share (``reset_class``).
     """
-    return _custom("faster", classes, transfer, dataset, pretrained_base, base_network_name,
+    return _custom(faster_rcnn_fpn, classes, transfer, dataset, pretrained_base, base_network_name,
                    norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs)
 
 
@@ -438,7 +469,7 @@ def custom_mask_rcnn_fpn(classes: Sequence[str], transfer: Optional[str] = None,
                          norm_kwargs: Optional[dict] = None, sym_norm_layer: Any = None,
                          sym_norm_kwargs: Optional[dict] = None, **kwargs: Any) -> MaskRCNN:
     """Mask R-CNN + FPN for your own ``classes``; arguments as :func:`custom_faster_rcnn_fpn`."""
-    return _custom("mask", classes, transfer, dataset, pretrained_base, base_network_name,
+    return _custom(mask_rcnn_fpn, classes, transfer, dataset, pretrained_base, base_network_name,
                    norm_layer, norm_kwargs, sym_norm_layer, sym_norm_kwargs, kwargs)
 
 
@@ -454,18 +485,20 @@ def initialize_detector(net: FasterRCNN, ctx: Any = None, last_gamma: bool = Fal
     as GluonCV's training scripts do, except that a fresh R-CNN classifier's bias starts at the
     sampler's class frequencies (background ``1 - pos_ratio``, each class
     ``pos_ratio / num_class``; the usual prior initialisation), so the first iterations do not
-    spend their updates learning that most RoIs are background. ``last_gamma``: a fresh
-    backbone's residual blocks start as the identity (see :func:`.initialize_missing`).
+    spend their updates learning that most RoIs are background (a cascade: every stage's
+    classifier, ``net.class_predictors``). ``last_gamma``: a fresh backbone's residual blocks
+    start as the identity (see :func:`.initialize_missing`).
     """
-    fresh_bias = not is_initialized(net.class_predictor.bias)
+    predictors = list(getattr(net, "class_predictors", [net.class_predictor]))
+    fresh = [p for p in predictors if not is_initialized(p.bias)]
     for name, p in net.features.collect_params().items():
         if not is_initialized(p) and p.init is None and _FPN_CONV.match(name):
             p.init = FPN_INIT
     initialize_missing(net, [net.backbone], ctx, last_gamma=last_gamma)
-    if fresh_bias:
-        pos = rcnn_positive_fraction(net)
-        prior = [1.0 - pos] + [pos / net.num_class] * net.num_class
-        net.class_predictor.bias.set_data(mx.nd.log(mx.nd.array(prior)))
+    pos = rcnn_positive_fraction(net)
+    prior = [1.0 - pos] + [pos / net.num_class] * net.num_class
+    for predictor in fresh:
+        predictor.bias.set_data(mx.nd.log(mx.nd.array(prior)))
 
 
 # -- weights --------------------------------------------------------------------------------

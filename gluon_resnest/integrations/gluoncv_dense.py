@@ -2,10 +2,12 @@
 
 Adds :data:`~gluon_resnest.dense.registry.DENSE_MODELS` to GluonCV's name table, wraps
 ``custom_faster_rcnn_fpn`` / ``custom_mask_rcnn_fpn`` so a ResNeSt ``base_network_name`` builds
-on our backbone (others go to GluonCV's own), and routes GluonCV's segmentation backbone lookup
-for ResNeSt names to our dilated ResNeSt. The GluonCV internals involved live in
-``_compat.gluoncv_dense``. Nothing here imports the detection/segmentation modules: the
-registered constructors and the backbone route load them on their first call.
+on our backbone (others go to GluonCV's own), adds ``custom_cascade_rcnn_fpn`` /
+``custom_cascade_mask_rcnn_fpn`` (ours for every backbone: GluonCV has no cascade), and
+routes GluonCV's segmentation backbone lookup for ResNeSt names to our dilated ResNeSt. The
+GluonCV internals involved live in ``_compat.gluoncv_dense``. Nothing here imports the
+detection/segmentation modules: the registered constructors and the backbone route load them
+on their first call.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import functools
 from typing import Any, Callable, Dict
 
 from .._compat.gluoncv_dense import fail, patch_segmentation_backbone
-from ..dense.registry import CUSTOM_MODELS, DENSE_MODELS
+from ..dense.registry import CUSTOM_MODELS, DENSE_MODELS, GLUONCV_CUSTOM
 from ..model.resnest import ResNeSt
 from ..model.variants import resolve_name
 
@@ -60,6 +62,9 @@ def register_dense(gcv_models: Dict[str, Callable[..., Any]]) -> None:
         gcv_models[name] = fn
     for name, fn in CUSTOM_MODELS.items():
         current = gcv_models.get(name)
+        if name not in GLUONCV_CUSTOM:         # GluonCV has no cascade: ours for every backbone
+            gcv_models[name] = fn
+            continue
         if current is None:
             fail(f"gluoncv.model_zoo has no {name!r}")
         if not getattr(current, "_gluon_resnest", False):

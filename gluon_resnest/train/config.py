@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..dense.registry import parse_dense_name
 from ..model.variants import VARIANTS, resolve_name
 
 __all__ = ["TASKS", "DEFAULTS", "DENSE_DEFAULTS", "CHOICES", "defaults", "load_config",
@@ -121,8 +122,11 @@ _DENSE_TRAIN: Dict[str, Any] = {
 DENSE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "detection": {
         "task": "detection",
+        # model.name: a registered detector name (e.g. cascade_rcnn_fpn_syncbn_resnest50_coco);
+        # when set it decides model.arch and model.backbone, and model.norm unless the data
+        # set is the generated shapes set (see _check_dense)
         "model": {"arch": "faster_rcnn_fpn", "backbone": "resnest50", "norm": "gn",
-                  "pretrained_base": False, "last_gamma": True, "kwargs": {}},
+                  "pretrained_base": False, "last_gamma": True, "kwargs": {}, "name": None},
         "data": {"dataset": "shapes", "root": None, "num_train": 16, "num_val": 8,
                  "image_size": 96, "seed": 0},
         "train": dict(_DENSE_TRAIN, iterations=120, rpn_smoothl1_rho=1 / 9,
@@ -155,7 +159,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 _LR_MODES = ("step", "poly", "cosine", "linear", "constant")
 _CHOICES_BY_TASK: Dict[str, Dict[str, Tuple[str, ...]]] = {
     "classification": CHOICES,
-    "detection": {"task": TASKS, "model.arch": ("faster_rcnn_fpn", "mask_rcnn_fpn"),
+    "detection": {"task": TASKS, "model.arch": ("faster_rcnn_fpn", "mask_rcnn_fpn",
+                                                "cascade_rcnn_fpn", "cascade_mask_rcnn_fpn"),
                   "model.norm": ("gn", "bn", "syncbn", "frozen"),
                   "data.dataset": ("shapes", "voc", "coco"), "train.lr_mode": _LR_MODES},
     "segmentation": {"task": TASKS, "model.arch": ("deeplab",),
@@ -505,8 +510,37 @@ def _check_classification(cfg: Dict[str, Any]) -> None:
         raise ValueError("config key run.devices: list at least one device, e.g. [cpu]")
 
 
+def _apply_detector_name(cfg: Dict[str, Any]) -> None:
+    """``model.name`` (a registered detector name) -> model.arch, model.backbone and, on a
+    real data set (which must be the name's), model.norm. On the generated shapes set the
+    config's norm stays: its runs train from scratch with one image per step, where the
+    name's SyncBatchNorm or frozen statistics do not apply (dense/norms.py)."""
+    m, data = cfg["model"], cfg["data"]
+    name = m.get("name")
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise ValueError(f"config key model.name: expected a detector name, got {name!r}")
+    try:
+        spec = parse_dense_name(name)
+    except ValueError as err:
+        raise ValueError(f"config key model.name: {err}") from None
+    if spec["arch"] == "deeplab":
+        raise ValueError(f"config key model.name: {name!r} is a segmentation model; task "
+                         f"detection takes a detector name, e.g. cascade_rcnn_fpn_syncbn_"
+                         f"resnest50_coco")
+    if data["dataset"] not in ("shapes", spec["dataset"]):
+        raise ValueError(f"config key model.name: {name!r} is a {spec['dataset']} model but "
+                         f"data.dataset is {data['dataset']!r}")
+    m["arch"], m["backbone"] = spec["arch"], spec["backbone"]
+    if data["dataset"] != "shapes":
+        m["norm"] = spec["norm"]
+
+
 def _check_dense(cfg: Dict[str, Any]) -> None:
     m, t = cfg["model"], cfg["train"]
+    if cfg["task"] == "detection":
+        _apply_detector_name(cfg)
     m["backbone"] = _variant("model.backbone", m["backbone"])
     if (t["iterations"] is None) == (t["epochs"] is None):
         raise ValueError(f"set exactly one of train.iterations and train.epochs (a positive "

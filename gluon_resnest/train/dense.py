@@ -46,6 +46,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon.data.vision import transforms
 
 from .._compat.gluoncv_dense import rcnn_training_step
+from ..dense.cascade import cascade_losses, cascade_mask_rcnn_fpn, cascade_rcnn_fpn
 from ..dense.detection import faster_rcnn_fpn, initialize_detector, mask_rcnn_fpn
 from ..dense.initialize import initialize_missing
 from ..dense.norms import backbone_kwargs
@@ -197,14 +198,21 @@ def _shard(batch) -> list:
             for b in batch]
 
 
+#: The detector builder of each ``model.arch``.
+_DETECTORS = {"faster_rcnn_fpn": faster_rcnn_fpn, "mask_rcnn_fpn": mask_rcnn_fpn,
+              "cascade_rcnn_fpn": cascade_rcnn_fpn, "cascade_mask_rcnn_fpn": cascade_mask_rcnn_fpn}
+
+
 class _Detection:
-    """Faster/Mask R-CNN: the network, its data and one forward/backward pass."""
+    """Faster/Mask R-CNN and the cascades: the network, its data and one forward/backward pass
+    (GluonCV's training step; the cascades' losses: :func:`.cascade.cascade_losses`)."""
 
     skip_non_finite = True     # GluonCV's mask loss divides by the batch's mask targets (0 at times)
 
     def __init__(self, cfg: dict) -> None:
         model, data, train = cfg["model"], cfg["data"], cfg["train"]
-        self.masks = masks = model["arch"] == "mask_rcnn_fpn"
+        self.masks = masks = model["arch"] in ("mask_rcnn_fpn", "cascade_mask_rcnn_fpn")
+        self.cascade = model["arch"].startswith("cascade")
         if masks:
             try:
                 import pycocotools  # noqa: F401  (GluonCV's mask transform would pip-install it)
@@ -217,7 +225,7 @@ class _Detection:
         if data["dataset"] == "shapes":
             kwargs = {"short": data["image_size"], "max_size": data["image_size"],
                       **SHAPES_DETECTOR, **({"rcnn_max_dets": 16} if masks else {}), **kwargs}
-        build = mask_rcnn_fpn if masks else faster_rcnn_fpn
+        build = _DETECTORS[model["arch"]]
         net = build(model["backbone"], data["dataset"] if named else "custom",
                     None if named else train_set.classes, norm=model["norm"],
                     pretrained_base=model["pretrained_base"],
@@ -243,8 +251,10 @@ class _Detection:
 
     def before_load(self) -> None:
         # GluonCV builds the R-CNN target generator (and its constant parameters) at the first
-        # training step; a checkpoint of a trained net holds them
-        self.net.target_generator  # noqa: B018
+        # training step; a checkpoint of a trained net holds them (the cascade encodes its
+        # targets with parameter-free coders instead)
+        if not self.cascade:
+            self.net.target_generator  # noqa: B018
 
     def start_training(self, trainer: gluon.Trainer) -> None:
         train = self._train
@@ -254,10 +264,30 @@ class _Detection:
                   gluon.loss.SoftmaxCrossEntropyLoss(),
                   gluon.loss.HuberLoss(rho=train["rcnn_smoothl1_rho"])]
         mask_loss = gluon.loss.SigmoidBinaryCrossEntropyLoss() if self.masks else None
-        self._step = rcnn_training_step(self.net, trainer, losses, mask_loss)
+        if self.cascade:
+            self._step = partial(self._cascade_step, losses, mask_loss)
+        else:
+            self._step = rcnn_training_step(self.net, trainer, losses, mask_loss)
+
+    def _cascade_step(self, losses: list, mask_loss: Any, batch: list) -> Dict[str, Any]:
+        """The cascade's forward/backward: the batch as GluonCV's R-CNN batchify gives it."""
+        if self.masks:
+            data, label, gt_mask, *rpn_targets = batch
+        else:
+            (data, label, *rpn_targets), gt_mask = batch, None
+        with autograd.record():
+            outs = self.net(data, label[:, :, :4], label[:, :, 4:5])
+            parts = cascade_losses(self.net, outs, rpn_targets, losses, gt_mask, mask_loss)
+            total = mx.nd.add_n(*parts.values())
+        total.backward()
+        return parts
 
     def forward_backward(self, batch: list, indices: np.ndarray) -> Dict[str, float]:
         out = self._step(batch)
+        if self.cascade:
+            parts = {n: float(v.asscalar()) for n, v in out.items()}
+            parts["total"] = sum(parts.values())
+            return parts
         parts = {n: float(v.asscalar()) for n, v in zip(self.names, out)}
         parts["total"] = sum(parts.values())
         return parts
@@ -268,9 +298,11 @@ class _Detection:
 
 def _evaluate_detection(net, val_set, mask_metric: bool,
                         check: Callable[[], None] = lambda: None) -> dict:
-    """VOC07 mAP (IoU 0.5) over ``val_set``; with ``mask_metric`` also the mask mIoU."""
+    """VOC07 mAP at IoU 0.5 (``mAP``, per class ``AP``) and 0.75 (``mAP75``) over ``val_set``;
+    with ``mask_metric`` also the mask mIoU."""
     net.hybridize(static_alloc=True)      # (re-)trace: inference takes the image only
     metric = VOC07MApMetric(iou_thresh=0.5, class_names=net.classes)
+    strict = VOC07MApMetric(iou_thresh=0.75, class_names=net.classes)
     val_tf = presets.FasterRCNNDefaultValTransform(net.short, net.max_size)
     seg_metric = _MaskSemanticMetric(net.num_class) if mask_metric else None
     for i in range(len(val_set)):
@@ -278,11 +310,12 @@ def _evaluate_detection(net, val_set, mask_metric: bool,
         img, label = val_set[i][0], val_set[i][1]
         x, bbox, _ = val_tf(img, label)
         outs = net(x.expand_dims(0))
-        metric.update(outs[2], outs[0], outs[1], bbox[None, :, :4], bbox[None, :, 4:5])
+        for m in (metric, strict):
+            m.update(outs[2], outs[0], outs[1], bbox[None, :, :4], bbox[None, :, 4:5])
         if seg_metric is not None:
             seg_metric.update(val_set.sample(i), outs, x.shape[1:])
     names_ap, values = metric.get()
-    metrics = {"mAP": float(values[-1]),
+    metrics = {"mAP": float(values[-1]), "mAP75": float(strict.get()[1][-1]),
                "AP": {n: float(v) for n, v in zip(names_ap[:-1], values[:-1])}}
     if seg_metric is not None:
         metrics.update(seg_metric.get())
@@ -601,8 +634,8 @@ def run(cfg: Dict[str, Any], out_dir: Optional[str] = None, resume: Optional[str
     metrics, metrics_before, params, export, checkpoint, out, config, skipped}``
     (``metrics_before``: the untrained network's, with ``train.eval_before``; ``skipped``: the
     iterations whose loss was not finite and that made no update); ``metrics`` holds ``mAP``
-    (VOC07, IoU 0.5) and per-class ``AP`` for detection (plus ``mask_mIoU``/``mask_pixAcc``
-    for Mask R-CNN), ``mIoU`` and ``pixAcc`` for segmentation. ``out_dir`` gets
+    (VOC07, IoU 0.5), ``mAP75`` (IoU 0.75) and per-class ``AP`` for detection (plus
+    ``mask_mIoU``/``mask_pixAcc`` for Mask R-CNN), ``mIoU`` and ``pixAcc`` for segmentation. ``out_dir`` gets
     ``config.yaml``, ``last.ckpt``, ``model.params``, ``metrics.json`` and the exported
     inference graph as an artifact: ``model-symbol.json``/``model-0000.params`` and its record
     ``model-meta.json`` (:func:`export_meta`).
