@@ -255,17 +255,22 @@ def test_mask_rcnn_trains_on_shapes(tmp_path):
     pytest.importorskip("pycocotools", reason="GluonCV's Mask R-CNN transform needs pycocotools")
     res = train.run({"task": "detection", "model": {"arch": "mask_rcnn_fpn"},
                      "data": {"image_size": 96},
-                     "train": {"iterations": 40, "log_interval": 0, "export": False,
-                               "eval_before": False, "clip_gradient": 5.0}}, str(tmp_path))
+                     "train": {"iterations": 80, "log_interval": 0, "export": False,
+                               "clip_gradient": 5.0}}, str(tmp_path))
     hist = res["loss_history"]
     totals, rpn, masks = [h["total"] for h in hist], _rpn(hist), [h["rcnn_mask"] for h in hist]
-    assert np.isfinite(totals).all() and len(totals) == 40 - res["skipped"] >= 36
-    assert np.mean(totals[-10:]) < 0.6 * np.mean(totals[:5]), totals
-    assert np.mean(masks[-10:]) < 0.8 * np.mean(masks[:5]), masks
-    assert np.mean(rpn[-10:]) < 0.5 * rpn[0], rpn
-    # box mAP after 40 iterations varies from run to run (measured 0.0 and 0.11), and the mask
-    # mIoU is still at the all-background level, so neither is asserted: the falling losses
-    # above are what these 40 iterations show
+    assert np.isfinite(totals).all() and len(totals) == 80 - res["skipped"] >= 76
+    # The per-iteration mask loss depends on which RoIs are positive (0.2-1.4 within a run),
+    # and the R-CNN head's losses rise while the RPN learns (see the Faster R-CNN test), so
+    # the total is no signal at this length. What learns, measured for seeds 0-2 with AVX2 and
+    # AVX-512 kernels: the RPN (last 10 / first 5: 0.08-0.13), the mask loss over 20
+    # iterations (last / first: 0.44-0.68) and the box mAP (0.30-0.68, from 0-0.14 untrained).
+    # The mask mIoU is not asserted: it was 0.32-0.65 in five runs and in two still the level
+    # of no masks at all (0.21), the mask head's probabilities not yet above 0.5.
+    assert np.mean(rpn[-10:]) < 0.35 * np.mean(rpn[:5]), rpn
+    assert np.mean(masks[-20:]) < 0.8 * np.mean(masks[:20]), masks
+    before, after = res["metrics_before"], res["metrics"]
+    assert after["mAP"] > before["mAP"] + 0.1, (before, after)
     net = mask_rcnn_fpn("resnest50", "custom", classes=list(SHAPES), norm="gn",
                         pretrained_base=False, rcnn_max_dets=16, **SMALL)
     detection.load_detector(net, res["params"])
