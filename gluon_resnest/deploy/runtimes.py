@@ -37,7 +37,7 @@ import mxnet as mx
 import numpy as np
 
 from .._compat.extras import EXTRAS, MissingExtraError, import_extra
-from .._compat.onednn import bf16_speed_note, cpu_flags, cpu_model
+from .._compat.onednn import FLAGS_OF_INTEREST, bf16_speed_note, cpu_flags, cpu_model
 from .._compat.openvino import CompiledModel
 from ..data.transforms import EvalTransform
 from ..model.variants import ALIASES, VARIANTS
@@ -335,17 +335,13 @@ def cache_dir() -> str:
     return os.path.join(base, "gluon_resnest")
 
 
-_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-              "amx_int8")
-
-
 def _auto_key(meta: ModelMeta, candidates: List[str]) -> str:
     """What the measured choice depends on: CPU, threads, runtime versions, model, precision."""
     versions = {"mxnet": mx.__version__}
     for runtime in candidates:
         if runtime != "mxnet":
             versions[runtime] = getattr(_import_runtime(runtime), "__version__", "?")
-    return json.dumps({"cpu": cpu_model(), "isa": sorted(cpu_flags() & set(_ISA_FLAGS)),
+    return json.dumps({"cpu": cpu_model(), "isa": sorted(cpu_flags() & set(FLAGS_OF_INTEREST)),
                        "threads": cpu_threads(), "versions": versions,
                        "model": [meta.variant, meta.task, meta.num_classes, meta.input_size],
                        "precision": meta.precision, "candidates": sorted(candidates)},
