@@ -22,6 +22,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
+from ..data.paths import atomic_write
 from ..data.transforms import EvalTransform
 from ..model.resnest import build
 from ..model.variants import VARIANTS, resolve_name
@@ -208,12 +209,10 @@ def read_meta(prefix: str) -> Optional[ModelMeta]:
 
 
 def write_meta(prefix: str, meta: ModelMeta) -> str:
-    path = meta_path(prefix)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(meta.to_json() + "\n")
-    os.replace(tmp, path)
-    return path
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(meta.to_json() + "\n")
+    return atomic_write(meta_path(prefix), write)
 
 
 def save(block: HybridBlock, out: str, meta: ModelMeta,

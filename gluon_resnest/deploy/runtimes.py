@@ -39,6 +39,7 @@ import numpy as np
 from .._compat.extras import EXTRAS, MissingExtraError, import_extra
 from .._compat.onednn import FLAGS_OF_INTEREST, bf16_speed_note, cpu_flags, cpu_model
 from .._compat.openvino import CompiledModel
+from ..data.paths import atomic_write
 from ..data.transforms import EvalTransform
 from ..model.variants import ALIASES, VARIANTS
 from .artifact import ONNX_META_KEY, LoadedModel, ModelMeta, load_artifact, load_variant
@@ -359,14 +360,14 @@ def _read_choices(path: str) -> Dict[str, Any]:
 
 def _write_choice(path: str, key: str, choice: Dict[str, Any]) -> Optional[str]:
     """Add ``choice`` under ``key`` atomically; the error text if the cache is not writable."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = _read_choices(path)
-        data[key] = choice
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    data = _read_choices(path)
+    data[key] = choice
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+    try:
+        atomic_write(path, write)
         return None
     except OSError as err:
         return str(err)

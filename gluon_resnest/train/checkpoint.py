@@ -21,16 +21,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import tempfile
 import zipfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
 
 from .._compat import mxnet as mxc
 from .._compat.mxnet_blocks import structural_params
+from ..data.paths import atomic_write
 from ..model.parameters import load_arrays
 
 __all__ = ["FORMAT", "atomic_write", "save_checkpoint", "read_meta", "load_checkpoint", "read_params",
@@ -262,29 +262,6 @@ def _restore_optimizer(where: str, trainer, index: Dict[str, int], arrays: Dict[
 
 
 # -- files ------------------------------------------------------------------------------------
-def atomic_write(path: str, write: Callable[[str], None]) -> str:
-    """``write(tmp)`` into a temporary file next to ``path``, then rename it onto ``path``: a
-    reader sees the old file or the new one, never a mix. The file gets the mode of any new
-    file (0666 minus the umask, as a plain ``open`` gives), not a temp file's 0600."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    while True:
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def save_checkpoint(path: str, net, trainer, meta: Dict[str, Any]) -> str:
     """Write ``path`` atomically: a reader sees the old file or the new one, never a mix."""
     mx.nd.waitall()  # let every pending update (BatchNorm statistics included) land first
