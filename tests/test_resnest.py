@@ -119,3 +119,26 @@ def test_options_classes_norm_final_drop_last_gamma():
     assert net.drop is not None and net.fc._units == 7
     assert (net.layer1[0].bn3.gamma.data().asnumpy() == 0).all()
     assert net(mx.nd.zeros((2, 3, 32, 32))).shape == (2, 7)
+
+
+@pytest.mark.parametrize("strides,dilation", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_avd_bottleneck_inference_pools_first_with_the_same_result(strides, dilation, hybrid):
+    """At inference a stride-2 avd block pools U_i before eq. (3), with the paper order's result."""
+    from mxnet.gluon import nn
+
+    from gluon_resnest.model.blocks import Bottleneck, make_shortcut
+
+    down = make_shortcut(64, 128, strides, nn.BatchNorm, {}, prefix="down_")
+    blk = Bottleneck(32, 64, strides=strides, dilation=dilation, downsample=down)
+    assert blk.avd and not blk.avd_first
+    blk.initialize()
+    randomize(blk, seed=3)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 64, 14, 15)))
+    out1 = mx.nd.relu(blk.bn1(blk.conv1(x)))                 # conv2, then avd's pool
+    paper = mx.nd.relu(blk.bn3(blk.conv3(blk.avd_layer(blk.conv2(out1)))) + down(x))
+    if hybrid:
+        blk.hybridize(static_alloc=True, static_shape=True)
+    out = blk(x)
+    assert out.shape == paper.shape == (2, 128, 7 if strides == 2 else 14, 8 if strides == 2 else 15)
+    np.testing.assert_allclose(out.asnumpy(), paper.asnumpy(), rtol=1e-5, atol=1e-5)

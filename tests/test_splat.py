@@ -83,6 +83,41 @@ def test_matches_numpy_equations(R, K, hybrid):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def avg_pool3x3(x, stride):
+    """3x3 average pool, zero padding 1 counted (avd's pool), x (N, C, H, W)."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(3):
+        for j in range(3):
+            out += xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    return out / 9
+
+
+@pytest.mark.parametrize("R,K", [(1, 1), (2, 1), (2, 2), (4, 1)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_attend_pools_before_the_weighted_sum(R, K, stride):
+    """attend(pool=P) gives P(V): P is linear per channel, so it commutes with eq. (3)."""
+    C, cin = 8 * K, 4 * K * R
+    rng = np.random.RandomState(7 * R + K)
+    blk = SplitAttention(C, 3, 1, 1, radix=R, cardinality=K, in_channels=cin)
+    blk.initialize()
+    params = {}
+    for key, prm in blk._collect_params_with_prefix().items():
+        lo, hi = (0.5, 1.5) if key.endswith(("running_var", "gamma")) else (-1, 1)
+        val = rng.uniform(lo, hi, prm.shape).astype("float32")
+        prm.set_data(mx.nd.array(val))
+        params[key] = val.astype("float64")
+    x = rng.uniform(-1, 1, (2, cin, 9, 12)).astype("float32")
+    pool = lambda u: mx.nd.Pooling(u, kernel=(3, 3), stride=(stride, stride), pad=(1, 1),  # noqa: E731
+                                   pool_type="avg", count_include_pad=True)
+    out = blk.attend(mx.nd, mx.nd.array(x), pool=pool).asnumpy()
+    ref = avg_pool3x3(reference(x.astype("float64"), params, C, R, K, 1, 1), stride)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_inter_channels_and_param_layout():
     blk = SplitAttention(64, radix=2, cardinality=1, in_channels=64)
     keys = sorted(blk._collect_params_with_prefix())

@@ -147,10 +147,14 @@ class AvgPool3x3(HybridBlock):
         self.dtype = dtype
 
     def hybrid_forward(self, F, x):
+        return self.pool(F, x, self.channels)
+
+    def pool(self, F, x, channels: int):
+        """The pool of an x with ``channels`` channels."""
         if _PORTABLE[0]:
             return F.Pooling(x, kernel=(3, 3), stride=(self.strides, self.strides), pad=(1, 1),
                              pool_type="avg", count_include_pad=True)
-        return box_sum(F, x, 3, self.channels, self.strides, scale=1.0 / 9, dtype=self.dtype)
+        return box_sum(F, x, 3, channels, self.strides, scale=1.0 / 9, dtype=self.dtype)
 
     def __repr__(self) -> str:
         return f"AvgPool3x3(channels={self.channels}, strides={self.strides})"
@@ -250,9 +254,18 @@ class Bottleneck(HybridBlock):
         out = F.Activation(self._drop(self.dropblock1, self.bn1(self.conv1(x))), act_type="relu")
         if self.avd and self.avd_first:
             out = self.avd_layer(out)
-        out = self._drop(self.dropblock2, self.conv2(out))
-        if self.avd and not self.avd_first:
-            out = self.avd_layer(out)
+        if (self.avd and not self.avd_first and self.avd_layer.strides > 1
+                and not autograd.is_training()):
+            # avd's pool after eq. (3) equals pooling each split before it (see attend), which
+            # runs eq. (3) on a quarter of the positions. Only at inference: in training,
+            # DropBlock sits between the two, and pooled batched products made the step slower.
+            width = self.conv2.channels * self.conv2.radix
+            with self.conv2.name_scope():   # the node names a call of conv2 gives
+                out = self.conv2.attend(F, out, pool=lambda u: self.avd_layer.pool(F, u, width))
+        else:
+            out = self._drop(self.dropblock2, self.conv2(out))
+            if self.avd and not self.avd_first:
+                out = self.avd_layer(out)
         out = self._drop(self.dropblock3, self.bn3(self.conv3(out)))
         residual = x if self.downsample is None else self.downsample(x)
         return F.Activation(out + residual, act_type="relu")

@@ -133,6 +133,15 @@ class SplitAttention(HybridBlock):
             self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter, groups=cardinality)
 
     def hybrid_forward(self, F, x):
+        return self.attend(F, x)
+
+    def attend(self, F, x, pool: Optional[Callable] = None):
+        """Eqs. (1)-(3); with ``pool``, returns ``pool(V)`` computed as ``sum_i a_i pool(U_i)``.
+
+        ``pool`` must be linear and act on each channel alone (avd's 3x3 average pool): it
+        then commutes with the per-channel weights a_i. (1) still reads the unpooled U, and
+        (3) runs on the pooled map, a quarter of the positions at stride 2.
+        """
         R, K = self.radix, self.cardinality
         x = self.conv(x)
         if self.bn is not None:
@@ -149,6 +158,8 @@ class SplitAttention(HybridBlock):
         if self.drop is not None:
             g = self.drop(g)
         g = self.fc2(g)                                        # G(s): (N, K*R*C/K, 1, 1)
+        if pool is not None:
+            x = pool(x)
         if R > 1:                                              # (2) softmax over the R splits
             g = F.swapaxes(g.reshape((0, K, R, -1)), 1, 2)     # (N, R, K, C/K)
             a = F.softmax(g, axis=1).reshape((0, -1, 1, 1))    # radix-major (N, R*C, 1, 1)
