@@ -161,7 +161,7 @@ class SplitAttention(HybridBlock):
         if pool is not None:
             x = pool(x)
         if R > 1:                                              # (2) softmax over the R splits
-            g = F.swapaxes(g.reshape((0, K, R, -1)), 1, 2)     # (N, R, K, C/K)
+            g = F.transpose(g.reshape((0, K, R, -1)), (0, 2, 1, 3))   # (N, R, K, C/K)
             a = F.softmax(g, axis=1).reshape((0, -1, 1, 1))    # radix-major (N, R*C, 1, 1)
             return weighted_sum(F, x, a, R)                    # (3) V = sum_i a_i U_i
         return channel_scale(F, x, F.sigmoid(g))               # R = 1: SE-like gate
