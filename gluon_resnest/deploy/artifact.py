@@ -22,7 +22,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
-from ..data.paths import atomic_write
+from .._files import atomic_write
 from ..data.transforms import EvalTransform
 from ..model.resnest import build
 from ..model.variants import VARIANTS, resolve_name

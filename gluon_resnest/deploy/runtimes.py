@@ -39,7 +39,7 @@ import numpy as np
 from .._compat.extras import EXTRAS, MissingExtraError, import_extra
 from .._compat.onednn import FLAGS_OF_INTEREST, bf16_speed_note, cpu_flags, cpu_model
 from .._compat.openvino import CompiledModel
-from ..data.paths import atomic_write
+from .._files import atomic_write
 from ..data.transforms import EvalTransform
 from ..model.variants import ALIASES, VARIANTS
 from .artifact import ONNX_META_KEY, LoadedModel, ModelMeta, load_artifact, load_variant

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._compat import mxnet as mxc
 from .._compat.mxnet_blocks import structural_params
-from ..data.paths import atomic_write
+from .._files import atomic_write
 from ..model.parameters import load_arrays
 
 __all__ = ["FORMAT", "atomic_write", "save_checkpoint", "read_meta", "load_checkpoint", "read_params",

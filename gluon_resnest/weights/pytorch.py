@@ -31,6 +31,7 @@ import numpy as np
 
 from .._compat.extras import EXTRAS, MissingExtraError, import_extra
 from .._compat.mxnet_blocks import structural_params
+from .._files import atomic_write
 from ..model.parameters import check_keys, load_arrays
 from ..model.resnest import ResNeSt, build
 from ..model.variants import ALIASES, VARIANTS, resolve_name
@@ -274,7 +275,5 @@ def convert_checkpoint(src: str, dst: str, arch: str, classes: Optional[int] = N
     out_dir = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"output folder {out_dir!r} does not exist")
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    mx.nd.save(tmp, {k: mx.nd.array(v) for k, v in mapped.items()})
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: mx.nd.save(tmp, {k: mx.nd.array(v) for k, v in mapped.items()}))
     return name
