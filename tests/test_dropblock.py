@@ -25,6 +25,26 @@ def test_drop_rate_and_rescaling_match_the_dropblock_formula():
     np.testing.assert_allclose(y.mean(), 1.0, rtol=1e-5)  # numel / kept preserves the mean
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_gradient_is_the_mask_times_the_output_gradient(hybrid):
+    """dL/dx = dL/dy * M, for the one mask M that y = x * M used (shared over the batch)."""
+    blk = DropBlock(0.3, 3, channels=8)
+    if hybrid:
+        blk.hybridize(static_alloc=True, static_shape=True)
+    rng = np.random.RandomState(0)
+    x = mx.nd.array(rng.uniform(0.5, 1.5, (4, 8, 12, 12)))      # no zeros: M = y / x
+    dy = mx.nd.array(rng.uniform(-1, 1, x.shape))
+    x.attach_grad()
+    with mx.autograd.record(train_mode=True):
+        y = blk(x)
+    y.backward(dy)
+    mask = y.asnumpy() / x.asnumpy()
+    np.testing.assert_allclose(mask, np.broadcast_to(mask[:1], mask.shape), rtol=1e-6)
+    scale = mask.max()
+    assert 0 < (mask == 0).mean() < 1 and np.allclose(mask[mask > 0], scale, rtol=1e-6)
+    np.testing.assert_allclose(x.grad.asnumpy(), dy.asnumpy() * mask, rtol=1e-6, atol=1e-7)
+
+
 def test_identity_outside_training_and_any_size():
     blk = DropBlock(0.2)
     blk.hybridize()

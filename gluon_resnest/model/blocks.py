@@ -100,7 +100,16 @@ class DropBlock(_GluonCVDropBlock):
         keep = box_sum(F, seeds, b, self.channels, dtype=self.dtype) == 0
         kept_frac = F.mean(keep)
         mask = F.BlockGrad(F.broadcast_div(keep, F.maximum(kept_frac, 1e-6).reshape((1, 1, 1, 1))))
-        return F.broadcast_mul(x, mask) if self.shared_mask else x * mask
+        # Fed straight from a oneDNN op, the product kept far more memory for its backward pass
+        # than x itself; reshape, a oneDNN op, first writes x in the plain layout products use.
+        x = x.reshape((0, 0, 0, 0))
+        if self.shared_mask:
+            # expanded to (N, C, H, W) for an elementwise product, as broadcast_mul's backward is
+            # MXNet's slow generic reduction; the outer product ones(N) x mask runs as a GEMM,
+            # several times faster than broadcast_like
+            ones = F.ones_like(F.slice_axis(x.reshape((0, -1)), axis=1, begin=0, end=1))
+            mask = F.BlockGrad(F.dot(ones, mask.reshape((1, -1))).reshape_like(x))
+        return x * mask
 
     def cast(self, dtype):
         HybridBlock.cast(self, dtype)
