@@ -4,7 +4,7 @@ Issue 13, item 4: our resnest50 should reach at least 0.81x resnet50_v1d's image
 our multiply-adds) for bs16 inference and a bs16 training step, and its training peak memory
 should be no higher than GluonCV's resnest50.
 
-    python bench/bench_cost.py                    # ~4 min on 2 idle cores
+    python bench/bench_cost.py                    # ~4 min on 2 idle cores (bench/results/cost.md)
     python bench/bench_cost.py --rounds 9 --no-memory
 
 Throughput: one process, both networks hybridized (static_alloc, static_shape) as a user runs
