@@ -59,13 +59,8 @@ def reference(x, p, C, R, K, stride, pad):
     return V
 
 
-@pytest.mark.parametrize("R", [1, 2, 4])
-@pytest.mark.parametrize("K", [1, 2, 4])
-@pytest.mark.parametrize("hybrid", [False, True])
-def test_matches_numpy_equations(R, K, hybrid):
-    C, cin, stride = 8 * K, 4 * K * R, 2 if K == 2 else 1
-    rng = np.random.RandomState(R * 10 + K)
-    blk = SplitAttention(C, 3, stride, 1, radix=R, cardinality=K, in_channels=cin)
+def random_params(blk, rng):
+    """Initialise blk with random weights and BN statistics; returns them in float64 by key."""
     blk.initialize()
     params = {}
     for key, prm in blk._collect_params_with_prefix().items():
@@ -73,6 +68,17 @@ def test_matches_numpy_equations(R, K, hybrid):
         val = rng.uniform(lo, hi, prm.shape).astype("float32")
         prm.set_data(mx.nd.array(val))
         params[key] = val.astype("float64")
+    return params
+
+
+@pytest.mark.parametrize("R", [1, 2, 4])
+@pytest.mark.parametrize("K", [1, 2, 4])
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_matches_numpy_equations(R, K, hybrid):
+    C, cin, stride = 8 * K, 4 * K * R, 2 if K == 2 else 1
+    rng = np.random.RandomState(R * 10 + K)
+    blk = SplitAttention(C, 3, stride, 1, radix=R, cardinality=K, in_channels=cin)
+    params = random_params(blk, rng)
     if hybrid:
         blk.hybridize(static_alloc=True, static_shape=True)
     x = rng.uniform(-1, 1, (2, cin, 9, 11)).astype("float32")
@@ -102,13 +108,7 @@ def test_attend_pools_before_the_weighted_sum(R, K, stride):
     C, cin = 8 * K, 4 * K * R
     rng = np.random.RandomState(7 * R + K)
     blk = SplitAttention(C, 3, 1, 1, radix=R, cardinality=K, in_channels=cin)
-    blk.initialize()
-    params = {}
-    for key, prm in blk._collect_params_with_prefix().items():
-        lo, hi = (0.5, 1.5) if key.endswith(("running_var", "gamma")) else (-1, 1)
-        val = rng.uniform(lo, hi, prm.shape).astype("float32")
-        prm.set_data(mx.nd.array(val))
-        params[key] = val.astype("float64")
+    params = random_params(blk, rng)
     x = rng.uniform(-1, 1, (2, cin, 9, 12)).astype("float32")
     pool = lambda u: mx.nd.Pooling(u, kernel=(3, 3), stride=(stride, stride), pad=(1, 1),  # noqa: E731
                                    pool_type="avg", count_include_pad=True)
